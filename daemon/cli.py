@@ -11,12 +11,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 from daemon import exitcodes, package_version
 from daemon.config import Config, ConfigError, effective_config, load_config, resolve_config_path
 
 Handler = Callable[[argparse.Namespace, Config], int]
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]  # argparse exposes no public alias
+if TYPE_CHECKING:
+    # argparse has no public name for the object add_subparsers() returns.
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:
@@ -45,7 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _registrars():
         register(subparsers)
+    _accept_config_everywhere(parser)
     return parser
+
+
+def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``--config`` also follow the subcommand (``driftd check-config --config PATH``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if "--config" not in subparser._option_string_actions:
+                    # SUPPRESS keeps a value given before the subcommand from being reset.
+                    subparser.add_argument(
+                        "--config", metavar="PATH", default=argparse.SUPPRESS, help="config file"
+                    )
+                _accept_config_everywhere(subparser)
 
 
 def _registrars() -> list[Callable[[Subparsers], None]]:

@@ -140,7 +140,7 @@ def _address(raw: Any) -> str:
     if not _ADDRESS_RE.match(value):
         raise ValueError(f"must be a 0x-prefixed 20-byte hex address, got {raw!r}")
     # Checksum casing is normalised here so comparisons elsewhere are plain string equality.
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     return str(to_checksum_address(value))
 
@@ -553,7 +553,9 @@ class SupervisorConfig:
 class LogConfig:
     """Logging to stdout (systemd's journal collects it)."""
 
-    level: str = setting("info", _str, "debug, info, warning or error.", check=_log_level, live=True)
+    level: str = setting(
+        "info", _str, "debug, info, warning or error.", check=_log_level, live=True
+    )
     format: str = setting(
         "auto",
         _choice("auto", "json", "console"),
@@ -678,9 +680,7 @@ _FORBIDDEN_SECRET_KEYS: Final = {
 }
 
 
-def parse_config(
-    document: Mapping[str, Any], env: Mapping[str, str], source: str = ""
-) -> Config:
+def parse_config(document: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document and an environment.
 
     Raises :class:`ConfigError` listing every problem found, each naming its key.

@@ -1,0 +1,371 @@
+"""The rebalancing engine: valuation, drift, the decision and the trade plan. Pure.
+
+No I/O, no Trio, no clock: the same inputs always give the same decision, so the logic that
+decides what goes on chain is covered by unit and property tests alone.
+
+Why the plan looks the way it does (DESIGN.md §3):
+
+- drift_i = (value_i − target_i · total) / (target_i · total), as the seed defines it; the
+  decision looks at the largest |drift| over tradable (healthy) tokens.
+- Once the threshold is passed, *every* token above its target may fund *every* token below
+  it. The seed only traded tokens individually beyond the threshold, which leaves a portfolio
+  at +14 % / +14 % / −28 % (threshold 15 %) stuck for good.
+- Legs pair the largest excess with the largest need; a leg's size is min(excess, need), so
+  executing the plan brings tokens back to target (or only to the edge of a band around it with
+  ``rebalance_to = "band"``: less turnover). Each sell/buy pair trades at most once per plan.
+- Legs above ``max_trade_usd`` are capped, not skipped: skipping means a large portfolio never
+  rebalances, while capped legs spread over cooldown windows keep price impact bounded.
+- Legs below ``min_trade_usd`` are dust and dropped. Unhealthy tokens are neither bought nor sold,
+  but their value still counts in the total.
+- Bad input never becomes a trade: structural problems raise :class:`InvalidPortfolio`; a price
+  that is missing, non-positive or non-finite gives :class:`NoRebalance` naming the token (the
+  seed valued such a token at 0 and then bought it).
+
+USD math is :class:`~decimal.Decimal` in a local context with ample precision; amounts that go on
+chain are integers in base units, rounded down, so a leg never sells more than is held.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from enum import StrEnum
+from typing import Final, Literal
+
+import attrs
+
+WITHIN_TOLERANCE: Final = "All tokens within drift tolerance"
+HEALTHY: Final = "HEALTHY"
+WEIGHT_SUM_TOLERANCE: Final = Decimal("1e-9")
+# Enough digits for 78-digit uint256 balances times prices without rounding before the final floor.
+_PRECISION: Final = 120
+
+
+class Action(StrEnum):
+    """What the engine decided."""
+
+    NO_REBALANCE = "NO_REBALANCE"
+    REBALANCE = "REBALANCE"
+
+
+class InvalidPortfolio(ValueError):
+    """The portfolio or its targets are malformed; the message names the problem."""
+
+
+@attrs.frozen
+class Holding:
+    """One token position of a portfolio."""
+
+    symbol: str
+    """Token symbol, the key shared with targets, prices and health."""
+    balance: int
+    """Balance in the token's base units (wei for an 18-decimals token)."""
+    decimals: int
+    """The token's ERC-20 decimals."""
+
+
+@attrs.frozen
+class EngineParams:
+    """The engine's knobs (``[rebalance]`` in the configuration)."""
+
+    drift_threshold: Decimal = Decimal("0.15")
+    """Rebalance when the largest |drift| of a tradable token reaches this."""
+    min_trade_usd: Decimal = Decimal(50)
+    """Legs smaller than this are dropped."""
+    max_trade_usd: Decimal = Decimal(10000)
+    """Legs larger than this are capped to it."""
+    rebalance_to: Literal["target", "band"] = "target"
+    """Trade back to target, or only back into the band around it."""
+    band_fraction: Decimal = Decimal("0.5")
+    """Band half-width as a fraction of the threshold (``rebalance_to = "band"``)."""
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.drift_threshold < 1:
+            raise ValueError(f"drift_threshold must be in (0, 1), got {self.drift_threshold}")
+        if self.min_trade_usd < 0 or self.max_trade_usd <= 0:
+            raise ValueError("trade sizes must be min >= 0 and max > 0")
+        if self.min_trade_usd > self.max_trade_usd:
+            raise ValueError("min_trade_usd must be <= max_trade_usd")
+        if not 0 <= self.band_fraction < 1:
+            raise ValueError(f"band_fraction must be in [0, 1), got {self.band_fraction}")
+        if self.rebalance_to not in ("target", "band"):
+            raise ValueError(f"rebalance_to must be target or band, got {self.rebalance_to!r}")
+
+
+@attrs.frozen
+class TokenDrift:
+    """Valuation and drift of one token."""
+
+    symbol: str
+    value_usd: Decimal
+    target_usd: Decimal
+    current_weight: Decimal
+    target_weight: Decimal
+    drift: Decimal
+    """(value − target value) / target value."""
+    tradable: bool
+    """False when the token's health is not HEALTHY."""
+    health: str
+
+
+@attrs.frozen
+class Leg:
+    """One swap of the plan: sell ``amount_in`` of ``sell`` for ``buy``."""
+
+    sell: str
+    buy: str
+    usd: Decimal
+    """The leg's size in USD at the evaluated prices (after capping)."""
+    amount_in: int
+    """Amount of ``sell`` in its base units; never more than held."""
+    expected_out: int
+    """Amount of ``buy`` in its base units that ``usd`` buys at the evaluated prices (a
+    reference for slippage tracking; the on-chain minimum comes from a fresh quote)."""
+    capped: bool
+    """True when the leg was cut down to ``max_trade_usd``."""
+
+
+@attrs.frozen
+class NoRebalance:
+    """Nothing to do, and why."""
+
+    reason: str
+    max_drift: Decimal | None = None
+    drifts: tuple[TokenDrift, ...] = ()
+    total_usd: Decimal | None = None
+    action: Literal[Action.NO_REBALANCE] = Action.NO_REBALANCE
+
+
+@attrs.frozen
+class Rebalance:
+    """Trade: the drift that triggered it and the legs that correct it."""
+
+    max_drift: Decimal
+    drifts: tuple[TokenDrift, ...]
+    legs: tuple[Leg, ...]
+    total_usd: Decimal
+    action: Literal[Action.REBALANCE] = Action.REBALANCE
+
+
+Decision = NoRebalance | Rebalance
+
+
+def _as_decimal(value: object) -> Decimal | None:
+    """A price as a Decimal, or None when it is not a usable number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        # repr round-trips the float exactly as written, not its binary expansion.
+        return Decimal(repr(value))
+    return None
+
+
+def _validate(holdings: Sequence[Holding], targets: Mapping[str, Decimal]) -> None:
+    if not holdings:
+        raise InvalidPortfolio("portfolio is empty: no holdings")
+    if not targets:
+        raise InvalidPortfolio("portfolio has no target weights")
+    seen: set[str] = set()
+    for holding in holdings:
+        if holding.symbol in seen:
+            raise InvalidPortfolio(f"token {holding.symbol} is held twice")
+        seen.add(holding.symbol)
+        if isinstance(holding.balance, bool) or not isinstance(holding.balance, int):
+            raise InvalidPortfolio(f"balance of {holding.symbol} must be an integer in base units")
+        if holding.balance < 0:
+            raise InvalidPortfolio(f"balance of {holding.symbol} is negative: {holding.balance}")
+        if not 0 <= holding.decimals <= 77:
+            raise InvalidPortfolio(f"decimals of {holding.symbol} out of range: {holding.decimals}")
+    unknown = sorted(set(targets) - seen)
+    if unknown:
+        raise InvalidPortfolio(f"target for unknown token(s): {', '.join(unknown)}")
+    untargeted = sorted(seen - set(targets))
+    if untargeted:
+        raise InvalidPortfolio(f"no target weight for held token(s): {', '.join(untargeted)}")
+    total = Decimal(0)
+    for symbol, raw_weight in targets.items():
+        weight = _as_decimal(raw_weight)
+        if weight is None or not weight.is_finite() or weight <= 0:
+            raise InvalidPortfolio(f"target weight of {symbol} must be > 0, got {raw_weight}")
+        if weight > 1:
+            raise InvalidPortfolio(f"target weight of {symbol} must be <= 1, got {raw_weight}")
+        total += weight
+    if abs(total - 1) > WEIGHT_SUM_TOLERANCE:
+        raise InvalidPortfolio(f"target weights must sum to 1, got {total}")
+
+
+def _price_problem(symbol: str, prices: Mapping[str, object]) -> str | None:
+    if symbol not in prices:
+        return f"No trade: price for {symbol} is missing"
+    price = _as_decimal(prices[symbol])
+    if price is None:
+        return f"No trade: price for {symbol} is not a number: {prices[symbol]!r}"
+    if not price.is_finite():
+        return f"No trade: price for {symbol} is not finite: {price}"
+    if price <= 0:
+        return f"No trade: price for {symbol} is not positive: {price}"
+    return None
+
+
+def value_portfolio(
+    holdings: Sequence[Holding],
+    targets: Mapping[str, Decimal],
+    prices: Mapping[str, Decimal],
+    health: Mapping[str, str],
+) -> tuple[Decimal, tuple[TokenDrift, ...]] | NoRebalance:
+    """Each token's USD value and drift, or why the portfolio cannot be valued."""
+    _validate(holdings, targets)
+    for holding in holdings:
+        if (problem := _price_problem(holding.symbol, prices)) is not None:
+            return NoRebalance(reason=problem)
+    with decimal.localcontext(prec=_PRECISION):
+        values = {
+            h.symbol: Decimal(h.balance).scaleb(-h.decimals) * Decimal(prices[h.symbol])
+            for h in holdings
+        }
+        total = sum(values.values(), Decimal(0))
+        if total <= 0:
+            return NoRebalance(reason="No trade: portfolio has no value", total_usd=total)
+        drifts = []
+        for holding in holdings:
+            weight = Decimal(targets[holding.symbol])
+            target_usd = weight * total
+            status = health.get(holding.symbol, HEALTHY)
+            drifts.append(
+                TokenDrift(
+                    symbol=holding.symbol,
+                    value_usd=values[holding.symbol],
+                    target_usd=target_usd,
+                    current_weight=values[holding.symbol] / total,
+                    target_weight=weight,
+                    drift=(values[holding.symbol] - target_usd) / target_usd,
+                    tradable=status == HEALTHY,
+                    health=status,
+                )
+            )
+    return total, tuple(drifts)
+
+
+def evaluate(
+    holdings: Sequence[Holding],
+    targets: Mapping[str, Decimal],
+    prices: Mapping[str, Decimal],
+    health: Mapping[str, str] | None = None,
+    params: EngineParams | None = None,
+) -> Decision:
+    """Decide whether the portfolio needs rebalancing and, if so, plan the trades.
+
+    ``health`` maps symbols to a status; a missing entry means HEALTHY.
+    Raises :class:`InvalidPortfolio` for malformed input.
+    """
+    params = params or EngineParams()
+    health = health or {}
+    valued = value_portfolio(holdings, targets, prices, health)
+    if isinstance(valued, NoRebalance):
+        return valued
+    total, drifts = valued
+    tradable = [d for d in drifts if d.tradable]
+    if not tradable:
+        return NoRebalance(reason="No trade: no token is healthy", drifts=drifts, total_usd=total)
+    max_drift = max(abs(d.drift) for d in tradable)
+    if max_drift < params.drift_threshold:
+        return NoRebalance(
+            reason=WITHIN_TOLERANCE, max_drift=max_drift, drifts=drifts, total_usd=total
+        )
+    by_symbol = {h.symbol: h for h in holdings}
+    legs = plan_legs(tradable, by_symbol, prices, params)
+    if not legs:
+        skipped = [d.symbol for d in drifts if not d.tradable]
+        why = "every leg is below min_trade_usd"
+        if skipped:
+            why += f" or pairs with an unhealthy token ({', '.join(skipped)})"
+        return NoRebalance(
+            reason=f"No trade: drift {max_drift:.4f} is over the threshold but {why}",
+            max_drift=max_drift,
+            drifts=drifts,
+            total_usd=total,
+        )
+    return Rebalance(max_drift=max_drift, drifts=drifts, legs=tuple(legs), total_usd=total)
+
+
+def plan_legs(
+    tradable: Sequence[TokenDrift],
+    holdings: Mapping[str, Holding],
+    prices: Mapping[str, Decimal],
+    params: EngineParams,
+) -> list[Leg]:
+    """Pair excess with need, largest first, each sell/buy pair at most once."""
+    with decimal.localcontext(prec=_PRECISION):
+        band = params.band_fraction * params.drift_threshold if params.rebalance_to == "band" else 0
+        # What each seller may give and each buyer may take to reach its goal (target or band
+        # edge). Tokens already inside the band contribute nothing.
+        excess = {
+            d.symbol: d.value_usd - d.target_usd * (1 + band)
+            for d in tradable
+            if d.value_usd > d.target_usd * (1 + band)
+        }
+        need = {
+            d.symbol: d.target_usd * (1 - band) - d.value_usd
+            for d in tradable
+            if d.value_usd < d.target_usd * (1 - band)
+        }
+        legs: list[Leg] = []
+        used: set[tuple[str, str]] = set()
+        while True:
+            candidates = [
+                (min(excess[s], need[b]), excess[s], need[b], s, b)
+                for s in excess
+                for b in need
+                if (s, b) not in used and excess[s] > 0 and need[b] > 0
+            ]
+            if not candidates:
+                break
+            # Largest excess against largest need; ties broken by symbol for determinism.
+            size, _, _, sell, buy = max(candidates, key=lambda c: (c[0], c[1], c[2], c[3], c[4]))
+            capped = size > params.max_trade_usd
+            usd = min(size, params.max_trade_usd)
+            if usd < params.min_trade_usd:
+                break  # every other candidate is no larger
+            used.add((sell, buy))
+            leg = _make_leg(sell, buy, usd, capped, holdings, prices)
+            if leg is not None:
+                legs.append(leg)
+            excess[sell] -= usd
+            need[buy] -= usd
+    return legs
+
+
+def _make_leg(
+    sell: str,
+    buy: str,
+    usd: Decimal,
+    capped: bool,
+    holdings: Mapping[str, Holding],
+    prices: Mapping[str, Decimal],
+) -> Leg | None:
+    sell_holding = holdings[sell]
+    amount_in = to_base_units(usd / Decimal(prices[sell]), sell_holding.decimals)
+    amount_in = min(amount_in, sell_holding.balance)
+    if amount_in <= 0:
+        return None
+    expected_out = to_base_units(usd / Decimal(prices[buy]), holdings[buy].decimals)
+    return Leg(
+        sell=sell, buy=buy, usd=usd, amount_in=amount_in, expected_out=expected_out, capped=capped
+    )
+
+
+def to_base_units(amount: Decimal, decimals: int) -> int:
+    """A token amount in whole units → integer base units, rounded down (never over-spend)."""
+    with decimal.localcontext(prec=_PRECISION):
+        return int(amount.scaleb(decimals).to_integral_value(rounding=decimal.ROUND_FLOOR))
+
+
+def from_base_units(amount: int, decimals: int) -> Decimal:
+    """Integer base units → a Decimal amount of whole tokens (exact)."""
+    with decimal.localcontext(prec=_PRECISION):
+        return Decimal(amount).scaleb(-decimals)
