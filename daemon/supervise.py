@@ -1,0 +1,200 @@
+"""Supervision: run one actor per key, restart it with backoff when it crashes, park it when it
+keeps crashing — while every other actor keeps running.
+
+Why the supervisor owns each actor's state: a restart must not reset what the actor knew (the
+portfolio's cooldown clock, last drift, last decision), so the state object is created once per
+key, kept here, and handed to every incarnation of the actor.
+
+Restart policy: exponential backoff with jitter (``initial × 2^(n−1)``, capped, multiplied by a
+random factor in [0.5, 1]) so that many actors failing together (a flaky RPC node) do not retry
+in lock-step. More than ``max_restarts`` crashes within ``window`` seconds parks the actor: it is
+no longer restarted, is reported as parked, and ``on_parked`` is called (alerting). An operator's
+``resume`` unparks it.
+
+Cancellation is never treated as a crash: ``trio.Cancelled`` is a BaseException and passes
+through; only ``Exception`` counts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, NoReturn, TypeVar
+
+import attrs
+import trio
+
+from daemon.logs import get_logger
+
+S = TypeVar("S")
+ActorFn = Callable[[S], Awaitable[None]]
+
+
+@attrs.frozen
+class RestartPolicy:
+    """How crashed actors are restarted (``[supervisor]`` in the configuration)."""
+
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    max_restarts: int = 5
+    window: float = 600.0
+
+    def delay(self, consecutive: int, rng: random.Random) -> float:
+        """Seconds to wait before restart number ``consecutive`` (1-based)."""
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** (consecutive - 1))
+        return base * rng.uniform(0.5, 1.0)
+
+
+@attrs.define(eq=False)
+class Supervised(Generic[S]):
+    """What the supervisor keeps per key across restarts."""
+
+    key: str
+    state: S
+    """The actor's own state, handed to every incarnation."""
+    actor: ActorFn[S]
+    status: str = "starting"
+    """starting, running, backoff, parked or stopped."""
+    restart_count: int = 0
+    """Restarts since the actor was first started (for health)."""
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    crash_times: deque[float] = attrs.field(factory=deque)
+    cancel_scope: trio.CancelScope | None = None
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    """Set to cut a backoff sleep short (resume)."""
+
+
+class Supervisor(Generic[S]):
+    """Runs actors by key inside its own nursery; start it with ``nursery.start(sup.run)``."""
+
+    def __init__(
+        self,
+        policy: RestartPolicy,
+        *,
+        rng: random.Random | None = None,
+        on_parked: Callable[[str, str], None] | None = None,
+        name: str = "supervisor",
+    ) -> None:
+        self.policy = policy
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._on_parked = on_parked
+        self._nursery: trio.Nursery | None = None
+        self._actors: dict[str, Supervised[S]] = {}
+        self._log = get_logger(actor=name)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Own the nursery every actor runs in. Never returns; cancel to stop all actors."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def actors(self) -> dict[str, Supervised[S]]:
+        """Every supervised actor by key (read-only use: health reports)."""
+        return dict(self._actors)
+
+    def start(self, key: str, actor: ActorFn[S], state_factory: Callable[[], S]) -> Supervised[S]:
+        """Start the actor for ``key`` unless it runs; its state is created on the first start."""
+        if self._nursery is None:
+            raise RuntimeError("Supervisor.run has not started")
+        existing = self._actors.get(key)
+        if existing is not None and existing.status != "stopped":
+            return existing
+        state = existing.state if existing is not None else state_factory()
+        entry = Supervised(key=key, state=state, actor=actor)
+        self._actors[key] = entry
+        self._nursery.start_soon(self._keep_running, entry, name=f"actor:{key}")
+        return entry
+
+    def stop(self, key: str) -> None:
+        """Stop the actor for ``key`` (portfolio deactivated); its state is forgotten."""
+        entry = self._actors.pop(key, None)
+        if entry is None:
+            return
+        entry.status = "stopped"
+        if entry.cancel_scope is not None:
+            entry.cancel_scope.cancel()
+        entry.wake.set()
+
+    def restart(self, key: str, actor: ActorFn[S]) -> None:
+        """Restart ``key`` with a new actor function (portfolio changed), keeping its state."""
+        entry = self._actors.get(key)
+        if entry is None:
+            raise KeyError(key)
+        state = entry.state
+        self.stop(key)
+        self.start(key, actor, lambda: state)
+
+    def resume(self, key: str) -> bool:
+        """Unpark a parked actor (or cut its backoff short). False if there is no such actor."""
+        entry = self._actors.get(key)
+        if entry is None:
+            return False
+        if entry.status == "parked":
+            if self._nursery is None:
+                raise RuntimeError("Supervisor.run has not started")
+            entry.crash_times.clear()
+            entry.consecutive_failures = 0
+            entry.status = "starting"
+            log = self._log.bind(key=key)
+            log.info("actor_unparked")
+            self._nursery.start_soon(self._keep_running, entry, name=f"actor:{key}")
+        else:
+            entry.wake.set()
+        return True
+
+    async def _keep_running(self, entry: Supervised[S]) -> None:
+        log = self._log.bind(key=entry.key)
+        while entry.status != "stopped":
+            with trio.CancelScope() as scope:
+                entry.cancel_scope = scope
+                entry.status = "running"
+                try:
+                    await entry.actor(entry.state)
+                except Exception as exc:  # any crash of one actor is contained here
+                    entry.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("actor_crashed", error=entry.last_error, exc_info=exc)
+                else:
+                    log.info("actor_finished")
+                    entry.status = "stopped"
+                    self._actors.pop(entry.key, None)
+                    return
+            if scope.cancelled_caught or entry.status == "stopped":
+                return
+            now = trio.current_time()
+            entry.crash_times.append(now)
+            while entry.crash_times and entry.crash_times[0] < now - self.policy.window:
+                entry.crash_times.popleft()
+            if len(entry.crash_times) > self.policy.max_restarts:
+                entry.status = "parked"
+                log.error(
+                    "actor_parked",
+                    crashes=len(entry.crash_times),
+                    window_seconds=self.policy.window,
+                    error=entry.last_error,
+                )
+                if self._on_parked is not None:
+                    self._on_parked(entry.key, entry.last_error or "")
+                return
+            entry.consecutive_failures += 1
+            delay = self.policy.delay(entry.consecutive_failures, self._rng)
+            entry.status = "backoff"
+            entry.wake = trio.Event()
+            log.info("actor_restart_scheduled", delay_seconds=round(delay, 3))
+            with trio.move_on_after(delay):
+                await entry.wake.wait()
+            if entry.status == "stopped":
+                return
+            entry.restart_count += 1
+
+    def mark_healthy(self, key: str) -> None:
+        """An actor calls this after a successful cycle so the next crash backs off from scratch."""
+        entry = self._actors.get(key)
+        if entry is not None:
+            entry.consecutive_failures = 0
