@@ -1,0 +1,106 @@
+"""Values and messages shared between actors. All frozen: they cross task boundaries.
+
+Grouped by direction: price feed → portfolio actors (a :class:`PriceSnapshot` in a latest-value
+cell), portfolio actor → executor (a :class:`RebalanceRequest` carrying its own reply channel),
+executor → portfolio actor (a :class:`RebalanceOutcome`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+import attrs
+import trio
+
+from daemon.drift import Rebalance
+
+PriceSourceName = Literal["oracle", "router"]
+
+
+@attrs.frozen
+class Token:
+    """A registered ERC-20 token."""
+
+    symbol: str
+    address: str
+    """Checksummed address."""
+    decimals: int
+    coingecko_id: str | None = None
+    is_quote: bool = False
+    """The stablecoin prices are quoted in (router source)."""
+
+
+@attrs.frozen
+class PricePoint:
+    """One token's USD price from one source."""
+
+    symbol: str
+    usd: Decimal
+    observed_at: datetime
+    """When the source says the price was current (CoinGecko's last_updated_at, block time)."""
+    source: PriceSourceName
+    block_number: int | None = None
+
+
+@attrs.frozen
+class PriceSnapshot:
+    """Every token's latest price at one tick; published whole, never mutated."""
+
+    prices: Mapping[str, PricePoint]
+    taken_at: datetime
+    source: PriceSourceName
+    health: Mapping[str, str] = attrs.Factory(dict)
+    """Tokens marked unhealthy by the feed (e.g. oracle/router divergence), with the status."""
+    problems: tuple[str, ...] = ()
+    """Why some tokens have no price in this snapshot."""
+
+    def usable_prices(
+        self, symbols: list[str], now: datetime, max_age: float
+    ) -> dict[str, Decimal] | str:
+        """USD prices of ``symbols`` if every one is present, fresh, positive and finite;
+        otherwise the reason there is no trade (naming the token)."""
+        out: dict[str, Decimal] = {}
+        for symbol in symbols:
+            point = self.prices.get(symbol)
+            if point is None:
+                return f"No trade: price for {symbol} is missing"
+            if not point.usd.is_finite() or point.usd <= 0:
+                return f"No trade: price for {symbol} is invalid: {point.usd}"
+            age = (now - point.observed_at).total_seconds()
+            if age > max_age:
+                return (
+                    f"No trade: price for {symbol} is stale "
+                    f"({math.floor(age)} s old, max_age {math.floor(max_age)} s)"
+                )
+            out[symbol] = point.usd
+        return out
+
+
+@attrs.frozen
+class RebalanceOutcome:
+    """The executor's answer to one request."""
+
+    rebalance_id: int
+    status: Literal["SUCCESS", "FAILED", "DRY_RUN", "SKIPPED"]
+    tx_hash: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class RebalanceRequest:
+    """Portfolio actor → executor: carry out this plan, answer on ``reply`` (capacity 1)."""
+
+    portfolio_id: int
+    portfolio_name: str
+    account: str
+    """The smart account (delegation mode) whose tokens are traded."""
+    plan: Rebalance
+    prices: Mapping[str, Decimal]
+    """The prices the plan was made with (gas cost in USD, slippage tracking)."""
+    reply: trio.MemorySendChannel[RebalanceOutcome]
+    requested_at: float
+    """trio.current_time() when the actor decided, for execution time."""

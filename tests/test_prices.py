@@ -1,0 +1,170 @@
+"""The price feed: ticks, publishes snapshots, survives failures, cross-checks, staleness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import attrs
+import httpx
+import trio
+import trio.testing
+from http_server import Request, Response, loopback_http
+
+from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
+from daemon.latest import Latest
+from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
+from daemon.prices import DIVERGED, FeedSettings, OracleSource, poll_once, run_price_feed
+
+T0 = datetime(2026, 11, 24, tzinfo=UTC)
+TOKENS = [
+    Token("WETH", "0x" + "11" * 20, 18, "weth"),
+    Token("USDC", "0x" + "22" * 20, 6, "usd-coin", is_quote=True),
+]
+
+
+def point(symbol: str, usd: str, source: PriceSourceName = "router") -> PricePoint:
+    return PricePoint(symbol, Decimal(usd), T0, source)
+
+
+@attrs.define
+class ScriptedSource:
+    """A price source that answers from a script: a dict of prices or an exception per call."""
+
+    answers: list[dict[str, PricePoint] | Exception]
+    name: PriceSourceName = "router"
+    calls: list[float] = attrs.Factory(list)
+
+    async def fetch(self, tokens: list[Token]) -> tuple[dict[str, PricePoint], list[str]]:
+        self.calls.append(trio.current_time())
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer), []
+
+
+async def run_feed(
+    source: ScriptedSource, seconds: float, secondary: ScriptedSource | None = None
+) -> tuple[list[PriceSnapshot], list[list[PricePoint]]]:
+    cell: Latest[PriceSnapshot] = Latest()
+    stored: list[list[PricePoint]] = []
+    published: list[PriceSnapshot] = []
+
+    async def load_tokens() -> list[Token]:
+        return TOKENS
+
+    async def store(points: list[PricePoint]) -> None:
+        stored.append(points)
+
+    async def watch() -> None:
+        version = 0
+        while True:
+            version, snapshot = await cell.wait_newer(version)
+            published.append(snapshot)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await nursery.start(
+            lambda task_status: run_price_feed(
+                primary=source,
+                secondary=secondary,
+                load_tokens=load_tokens,
+                store=store,
+                snapshots=cell,
+                settings=lambda: FeedSettings(poll_interval=10),
+                now=lambda: T0,
+                task_status=task_status,
+            )
+        )
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return published, stored
+
+
+async def test_feed_stores_and_publishes_every_tick(autojump_clock: trio.testing.MockClock) -> None:
+    source = ScriptedSource([{"WETH": point("WETH", "3000"), "USDC": point("USDC", "1")}])
+    with trio.fail_after(100):
+        published, stored = await run_feed(source, 35)
+    assert len(published) == 4  # t = 0, 10, 20, 30
+    assert published[-1].prices["WETH"].usd == Decimal(3000)
+    assert len(stored) == 4
+    assert {p.symbol for p in stored[0]} == {"WETH", "USDC"}
+
+
+async def test_failed_tick_is_skipped_and_feed_keeps_going(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    good = {"WETH": point("WETH", "3000")}
+    source = ScriptedSource([good, PriceSourceError("down"), good])
+    with trio.fail_after(100):
+        published, stored = await run_feed(source, 25)
+    assert len(source.calls) == 3
+    assert len(published) == 2
+    assert len(stored) == 2
+
+
+async def test_rate_limit_waits_as_long_as_asked(autojump_clock: trio.testing.MockClock) -> None:
+    good = {"WETH": point("WETH", "3000")}
+    source = ScriptedSource([RateLimited(45), good])
+    with trio.fail_after(100):
+        await run_feed(source, 50)
+    assert source.calls[1] - source.calls[0] == 45
+
+
+async def test_cross_check_marks_divergent_tokens_unhealthy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    primary = ScriptedSource([{"WETH": point("WETH", "3000"), "USDC": point("USDC", "1")}])
+    oracle = ScriptedSource(
+        [{"WETH": point("WETH", "3300", "oracle"), "USDC": point("USDC", "1.001", "oracle")}],
+        name="oracle",
+    )
+    with trio.fail_after(10):
+        snapshot = await poll_once(primary, oracle, TOKENS, Decimal("0.05"), lambda: T0)
+    assert snapshot.health == {"WETH": DIVERGED}  # 10 % apart; USDC 0.1 % apart is fine
+
+
+async def test_cross_check_failure_trusts_nothing() -> None:
+    primary = ScriptedSource([{"WETH": point("WETH", "3000")}])
+    broken = ScriptedSource([PriceSourceError("down")], name="oracle")
+    with trio.fail_after(10):
+        snapshot = await poll_once(primary, broken, TOKENS, Decimal("0.05"), lambda: T0)
+    assert snapshot.health == {"WETH": DIVERGED}
+    assert any("cross-check" in p for p in snapshot.problems)
+
+
+def test_usable_prices_rejects_stale_missing_and_invalid() -> None:
+    snapshot = PriceSnapshot(
+        prices={
+            "WETH": point("WETH", "3000"),
+            "USDC": point("USDC", "1"),
+            "BAD": point("BAD", "0"),
+        },
+        taken_at=T0,
+        source="router",
+    )
+    assert snapshot.usable_prices(["WETH", "USDC"], T0 + timedelta(seconds=60), 300) == {
+        "WETH": Decimal(3000),
+        "USDC": Decimal(1),
+    }
+    stale = snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=301), 300)
+    assert stale == "No trade: price for WETH is stale (301 s old, max_age 300 s)"
+    assert snapshot.usable_prices(["WBTC"], T0, 300) == "No trade: price for WBTC is missing"
+    assert snapshot.usable_prices(["BAD"], T0, 300) == "No trade: price for BAD is invalid: 0"
+
+
+async def test_oracle_source_over_loopback_coingecko() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(
+            body=b'{"weth": {"usd": 3001.5, "last_updated_at": 1732406400},'
+            b' "usd-coin": {"usd": 1.0001, "last_updated_at": 1732406400}}'
+        )
+
+    tokens = [*TOKENS, Token("XYZ", "0x" + "33" * 20, 18)]
+    with trio.fail_after(10):
+        async with loopback_http(handler) as server, httpx.AsyncClient() as client:
+            source = OracleSource(CoinGeckoSource(client, server.url))
+            prices, problems = await source.fetch(tokens)
+    assert prices["WETH"].usd == Decimal("3001.5")
+    assert prices["USDC"].usd == Decimal("1.0001")
+    assert problems == ["XYZ: no coingecko_id registered"]
