@@ -30,7 +30,9 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/driftd/config.toml")
 ENV_CONFIG_PATH: Final = "DRIFTD_CONFIG"
 ENV_PREFIX: Final = "DRIFTD_"
 # DRIFTD_* variables that are not configuration keys.
-NON_KEY_ENV: Final = frozenset({"DRIFTD_CONFIG", "DRIFTD_SIGNER_KEY", "DRIFTD_COINGECKO_API_KEY"})
+NON_KEY_ENV: Final = frozenset(
+    {"DRIFTD_CONFIG", "DRIFTD_SIGNER_KEY", "DRIFTD_COINGECKO_API_KEY", "DRIFTD_TEST_FAULTS"}
+)
 SIGNER_KEY_ENV: Final = "DRIFTD_SIGNER_KEY"
 COINGECKO_KEY_ENV: Final = "DRIFTD_COINGECKO_API_KEY"
 SIGNER_CREDENTIAL: Final = "signer-key"
@@ -314,6 +316,12 @@ class ExecutionConfig:
     )
     deadline_seconds: int = setting(
         300, _int, "Swap deadline, in seconds after the latest block's timestamp.", check=_positive
+    )
+    gas_price_symbol: str = setting(
+        "WETH",
+        _str,
+        "Registered token whose USD price values gas costs (the chain's wrapped native token).",
+        live=True,
     )
 
 

@@ -1,0 +1,165 @@
+"""Alerts: a structured log event always, a webhook POST when configured, repeats suppressed.
+
+Kinds: ``HIGH_DRIFT``, ``REBALANCE_FAILED``, ``HIGH_GAS_COST``, ``PRICE_STALE``, ``ACTOR_PARKED``.
+The same kind for the same portfolio fires once per ``alerts.repeat_window``.
+
+Why a queue and a separate sender: trading must never wait on a webhook. :meth:`AlertSink.fire`
+is synchronous and never blocks — it logs, then hands the alert to the sender over a bounded
+channel (dropping, with a log line, if the sender is that far behind). The sender POSTs with
+retries and exponential backoff and gives up quietly; a webhook being down costs nothing else.
+The payload is Slack-compatible (``text``) with the structured fields beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final, NoReturn
+
+import attrs
+import httpx
+import trio
+
+from daemon.logs import get_logger
+
+ALERT_KINDS: Final = frozenset(
+    {"HIGH_DRIFT", "REBALANCE_FAILED", "HIGH_GAS_COST", "PRICE_STALE", "ACTOR_PARKED"}
+)
+QUEUE_SIZE: Final = 100
+WEBHOOK_ATTEMPTS: Final = 4
+WEBHOOK_TIMEOUT: Final = 5.0
+BACKOFF_INITIAL: Final = 1.0
+
+
+@attrs.frozen
+class AlertSettings:
+    """The live-reloadable part (``[alerts]``)."""
+
+    webhook_url: str = ""
+    repeat_window: float = 3600.0
+
+
+@attrs.frozen
+class Alert:
+    """One alert as delivered."""
+
+    kind: str
+    portfolio: str | None
+    text: str
+    fields: Mapping[str, Any]
+    at: datetime
+
+    def payload(self) -> dict[str, Any]:
+        """The webhook body: Slack's ``text`` plus the structured fields."""
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "portfolio": self.portfolio,
+            "at": self.at.isoformat(),
+            **{k: v for k, v in self.fields.items() if k not in ("kind", "portfolio", "at")},
+        }
+
+
+def describe(kind: str, fields: Mapping[str, Any]) -> str:
+    """A one-line human text for chat."""
+    where = f" for portfolio {fields['portfolio']}" if fields.get("portfolio") else ""
+    detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "portfolio")
+    return f"driftd {kind}{where}" + (f": {detail}" if detail else "")
+
+
+class AlertSink:
+    """Fires alerts. Create once; run :meth:`run` in a nursery to deliver webhooks."""
+
+    def __init__(
+        self,
+        settings: Callable[[], AlertSettings],
+        now: Callable[[], datetime],
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        rng: random.Random | None = None,
+        backoff_initial: float = BACKOFF_INITIAL,
+    ) -> None:
+        self._settings = settings
+        self._now = now
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter
+        self._backoff_initial = backoff_initial
+        self._last_fired: dict[tuple[str, str | None], float] = {}
+        self._send, self._receive = trio.open_memory_channel[Alert](QUEUE_SIZE)
+        self._log = get_logger(actor="alerts")
+        self.fired: list[Alert] = []
+        """Alerts fired since start, newest last (bounded; for health and tests)."""
+        self.delivered = 0
+        self.failed_deliveries = 0
+
+    def fire(self, kind: str, fields: Mapping[str, Any]) -> bool:
+        """Log and queue an alert; False if suppressed as a repeat. Never blocks."""
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r}")
+        portfolio = fields.get("portfolio")
+        key = (kind, None if portfolio is None else str(portfolio))
+        now = self._clock()
+        last = self._last_fired.get(key)
+        if last is not None and now - last < self._settings().repeat_window:
+            self._log.debug("alert_suppressed", kind=kind, portfolio=portfolio)
+            return False
+        self._last_fired[key] = now
+        alert = Alert(
+            kind=kind,
+            portfolio=key[1],
+            text=describe(kind, fields),
+            fields=dict(fields),
+            at=self._now(),
+        )
+        self.fired.append(alert)
+        del self.fired[:-100]
+        self._log.warning("alert", **alert.payload())
+        if self._settings().webhook_url:
+            try:
+                self._send.send_nowait(alert)
+            except trio.WouldBlock:
+                self._log.error("alert_queue_full", kind=kind, portfolio=portfolio)
+        return True
+
+    async def run(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Deliver queued alerts to the webhook, one at a time, forever."""
+        task_status.started()
+        async for alert in self._receive:
+            await self._deliver(client, alert)
+        raise RuntimeError("alert queue closed")
+
+    async def _deliver(self, client: httpx.AsyncClient, alert: Alert) -> None:
+        url = self._settings().webhook_url
+        if not url:
+            return
+        body = json.dumps(alert.payload(), default=str).encode()
+        delay = self._backoff_initial
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                response = await client.post(
+                    url,
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=WEBHOOK_TIMEOUT,
+                )
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            else:
+                if response.status_code < 300:
+                    self.delivered += 1
+                    return
+                problem = f"HTTP {response.status_code}"
+            self._log.warning(
+                "alert_delivery_failed", kind=alert.kind, attempt=attempt, error=problem
+            )
+            if attempt < WEBHOOK_ATTEMPTS:
+                await trio.sleep(delay * self._rng.uniform(0.5, 1.0))
+                delay *= 2
+        self.failed_deliveries += 1
