@@ -1,0 +1,261 @@
+"""``driftd delegation build|verify``: what an owner signs, and checking what they signed.
+
+``build`` prints a JSON array of ``eth_signTypedData_v4`` documents (one per delegation the daemon
+needs: approve and swap, see :mod:`daemon.delegation`) so the owner can sign in any wallet.
+``verify FILE`` checks a delegation file (the signed delegations, Delegation Toolkit shape)
+against least authority and, unless ``--offline``, asks the smart account on chain whether it
+accepts each signature and the DelegationManager whether it was disabled.
+
+Tokens are given as ``SYMBOL=0xADDRESS`` or as a plain ``SYMBOL`` resolved through a lookup
+(the token registry, injected by the caller of :func:`register`), so building stays independent
+of the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from daemon import exitcodes
+from daemon.chain import ChainClient, ChainError, ChainIdMismatch, TxSigner, to_address
+from daemon.config import Config
+from daemon.delegation import (
+    Delegation,
+    DelegationDomain,
+    DelegationFormatError,
+    build_portfolio_delegations,
+    is_disabled_on_chain,
+    kind_of,
+    least_authority_problems,
+    parse_delegation_file,
+    signature_is_valid_on_chain,
+)
+
+TokenLookup = Callable[[str], str | None]
+"""Symbol → token address, or None when unknown."""
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong (exit 64)."""
+
+
+def _no_registry(symbol: str) -> str | None:
+    return None
+
+
+def register(subparsers: Any, *, token_lookup: TokenLookup | None = None) -> None:
+    """Add ``delegation build`` and ``delegation verify``."""
+    lookup = token_lookup or _no_registry
+    delegation = subparsers.add_parser(
+        "delegation", help="build the delegations an owner signs, or verify signed ones"
+    )
+    actions = delegation.add_subparsers(dest="delegation_action", metavar="ACTION", required=True)
+
+    build = actions.add_parser(
+        "build", help="print the EIP-712 documents (eth_signTypedData_v4) the owner signs"
+    )
+    build.add_argument("--account", required=True, help="the owner's smart account (delegator)")
+    _add_token_argument(build, required=True)
+    build.add_argument(
+        "--delegate", help="the daemon's signer address (default: from the configured signer key)"
+    )
+    build.add_argument(
+        "--salt", type=_uint256, help="delegation salt (default: random; makes each unique)"
+    )
+    build.set_defaults(func=build_command, token_lookup=lookup)
+
+    verify = actions.add_parser("verify", help="check a file of signed delegations")
+    verify.add_argument("file", help="JSON array of signed delegations")
+    verify.add_argument("--account", required=True, help="the smart account they must come from")
+    _add_token_argument(verify, required=False)
+    verify.add_argument(
+        "--delegate", help="the daemon's signer address (default: from the configured signer key)"
+    )
+    verify.add_argument(
+        "--offline", action="store_true", help="skip the on-chain signature and disabled checks"
+    )
+    verify.set_defaults(func=verify_command, token_lookup=lookup)
+
+
+def _add_token_argument(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--token",
+        action="append",
+        required=required,
+        default=[],
+        metavar="SYMBOL[=ADDRESS]",
+        help="a portfolio token (repeat); a plain SYMBOL is looked up in the token registry",
+    )
+
+
+def _uint256(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**256:
+        raise argparse.ArgumentTypeError("must fit in uint256")
+    return value
+
+
+def resolve_tokens(specs: Sequence[str], lookup: TokenLookup) -> dict[str, str]:
+    """``SYMBOL=0xADDRESS`` or ``SYMBOL`` (through ``lookup``) → {symbol: address}."""
+    tokens: dict[str, str] = {}
+    for spec in specs:
+        symbol, _, address = spec.partition("=")
+        symbol = symbol.strip()
+        if not symbol:
+            raise UsageError(f"--token {spec!r}: missing symbol")
+        if address:
+            try:
+                tokens[symbol] = to_address(address.strip())
+            except ValueError:
+                raise UsageError(f"--token {spec!r}: {address!r} is not an address") from None
+            continue
+        found = lookup(symbol)
+        if found is None:
+            raise UsageError(
+                f"--token {symbol}: unknown token (register it with `driftd token add` or pass "
+                f"{symbol}=0xADDRESS)"
+            )
+        tokens[symbol] = to_address(found)
+    return tokens
+
+
+def _address_argument(value: str, what: str) -> str:
+    try:
+        return to_address(value)
+    except ValueError:
+        raise UsageError(f"{what}: {value!r} is not a 0x-prefixed 20-byte address") from None
+
+
+def _delegate(args: argparse.Namespace, config: Config) -> str | None:
+    if args.delegate:
+        return _address_argument(args.delegate, "--delegate")
+    if config.secrets.signer_key is None:
+        return None
+    return TxSigner(key=config.secrets.signer_key).address
+
+
+def _domain(config: Config) -> DelegationDomain:
+    return DelegationDomain(chain_id=config.chain.chain_id, manager=config.delegation.manager)
+
+
+def build_command(args: argparse.Namespace, config: Config) -> int:
+    try:
+        account = _address_argument(args.account, "--account")
+        tokens = resolve_tokens(args.token, args.token_lookup)
+        delegate = _delegate(args, config)
+    except UsageError as exc:
+        print(f"driftd delegation build: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except ValueError as exc:  # the configured signer key is not a key
+        print(f"driftd delegation build: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    if delegate is None:
+        print(
+            "driftd delegation build: no --delegate and no signer key configured "
+            "(signer.key_file or DRIFTD_SIGNER_KEY)",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG_ERROR
+    salt = args.salt if args.salt is not None else secrets.randbits(64)
+    delegations = build_portfolio_delegations(
+        account=account,
+        delegate=delegate,
+        router=config.chain.router,
+        tokens=list(tokens.values()),
+        enforcers=config.delegation,
+        salt=salt,
+    )
+    domain = _domain(config)
+    documents = [delegation.typed_data(domain) for delegation in delegations.as_list()]
+    print(json.dumps(documents, indent=2))
+    return exitcodes.OK
+
+
+def verify_command(args: argparse.Namespace, config: Config) -> int:
+    try:
+        account = _address_argument(args.account, "--account")
+        tokens = resolve_tokens(args.token, args.token_lookup) if args.token else None
+        delegate = _delegate(args, config)
+    except UsageError as exc:
+        print(f"driftd delegation verify: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except ValueError as exc:
+        print(f"driftd delegation verify: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    if delegate is None:
+        print(
+            "driftd delegation verify: no --delegate and no signer key configured",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG_ERROR
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"driftd delegation verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+    try:
+        delegations = parse_delegation_file(text)
+    except DelegationFormatError as exc:
+        print(f"driftd delegation verify: {args.file}: {exc}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+
+    reports: list[dict[str, Any]] = [
+        {
+            "index": index,
+            "hash": "0x" + delegation.struct_hash().hex(),
+            "kind": kind_of(delegation, config.delegation),
+            "problems": least_authority_problems(
+                delegation,
+                account=account,
+                delegate=delegate,
+                router=config.chain.router,
+                enforcers=config.delegation,
+                tokens=list(tokens.values()) if tokens is not None else None,
+            ),
+        }
+        for index, delegation in enumerate(delegations)
+    ]
+    kinds = {report["kind"] for report in reports}
+    missing = [kind for kind in ("approve", "swap") if kind not in kinds]
+
+    if not args.offline:
+        try:
+            onchain = trio.run(_onchain_problems, config, delegations)
+        except ChainIdMismatch as exc:
+            print(f"driftd delegation verify: {exc}", file=sys.stderr)
+            return exitcodes.CONFIG_ERROR
+        except ChainError as exc:
+            print(f"driftd delegation verify: chain unavailable: {exc}", file=sys.stderr)
+            return exitcodes.UNAVAILABLE
+        for report, problems in zip(reports, onchain, strict=True):
+            report["problems"].extend(problems)
+
+    ok = not missing and all(not report["problems"] for report in reports)
+    print(json.dumps({"ok": ok, "missing": missing, "delegations": reports}, indent=2))
+    return exitcodes.OK if ok else exitcodes.DATA_ERROR
+
+
+async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -> list[list[str]]:
+    domain = _domain(config)
+    results: list[list[str]] = []
+    async with ChainClient(config.chain) as client:
+        for delegation in delegations:
+            problems: list[str] = []
+            if not await client.get_code(delegation.delegator):
+                problems.append("delegator has no code on chain (not a deployed smart account)")
+            elif not await signature_is_valid_on_chain(client, delegation, domain):
+                problems.append("signature rejected by the smart account (ERC-1271)")
+            if await is_disabled_on_chain(client, delegation, domain):
+                problems.append("disabled on the DelegationManager")
+            results.append(problems)
+    return results

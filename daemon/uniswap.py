@@ -1,0 +1,321 @@
+"""Uniswap V2: exact quotes, price impact, bounded swap parameters and calldata.
+
+Why reimplement the router's arithmetic: the daemon must know a swap's output *before* sending it
+(to cap price impact and to set ``amountOutMin``), and must know it exactly, so the pure functions
+here mirror ``UniswapV2Library.getAmountOut`` integer for integer (0.3 % fee: ×997/1000, floor
+division). Tests check them against the router's own ``getAmountsOut`` and executed swaps.
+
+Amounts that go on chain are ints in base units; prices and ratios are :class:`~decimal.Decimal`
+computed with 50 significant digits; no float ever decides an on-chain amount.
+"""
+
+from __future__ import annotations
+
+import decimal
+import itertools
+from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
+from typing import Final
+
+import attrs
+from eth_abi.abi import decode as abi_decode
+
+from daemon.chain import ChainClient, encode_call, function_selector, to_address
+
+FEE_NUMERATOR: Final = 997
+FEE_DENOMINATOR: Final = 1000
+ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
+
+APPROVE: Final = "approve(address,uint256)"
+SWAP_EXACT_TOKENS_FOR_TOKENS: Final = (
+    "swapExactTokensForTokens(uint256,uint256,address[],address,uint256)"
+)
+APPROVE_SELECTOR: Final = function_selector(APPROVE)
+SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR: Final = function_selector(SWAP_EXACT_TOKENS_FOR_TOKENS)
+SWAP_RECIPIENT_OFFSET: Final = 4 + 3 * 32
+"""Byte offset of ``to`` in swapExactTokensForTokens calldata (selector, amountIn, amountOutMin,
+the path's offset word, then ``to``): the slot the delegation pins to the smart account."""
+APPROVE_SPENDER_OFFSET: Final = 4
+"""Byte offset of ``spender`` in approve calldata: the slot the delegation pins to the router."""
+
+_PRECISION: Final = 50
+
+
+class InsufficientLiquidity(ValueError):
+    """A pool on the path has no reserves (the router would revert the same way)."""
+
+
+class NoRoute(LookupError):
+    """Neither a direct pair nor a pair through the quote token exists."""
+
+
+def _context() -> decimal.Context:
+    return decimal.Context(prec=_PRECISION, rounding=decimal.ROUND_HALF_EVEN)
+
+
+# --- pure arithmetic --------------------------------------------------------------------------
+
+
+def get_amount_out(amount_in: int, reserve_in: int, reserve_out: int) -> int:
+    """Output of one hop, exactly as ``UniswapV2Library.getAmountOut`` computes it."""
+    if amount_in <= 0:
+        raise ValueError("amount_in must be positive")
+    if reserve_in <= 0 or reserve_out <= 0:
+        raise InsufficientLiquidity("pool has no liquidity")
+    amount_in_with_fee = amount_in * FEE_NUMERATOR
+    numerator = amount_in_with_fee * reserve_out
+    denominator = reserve_in * FEE_DENOMINATOR + amount_in_with_fee
+    return numerator // denominator
+
+
+def get_amounts_out(amount_in: int, reserves: Sequence[tuple[int, int]]) -> list[int]:
+    """Amounts along a path, like the router's ``getAmountsOut``.
+
+    ``reserves[i]`` is ``(reserve_in, reserve_out)`` of hop ``i``; the result starts with
+    ``amount_in`` and ends with the final output.
+    """
+    amounts = [amount_in]
+    for reserve_in, reserve_out in reserves:
+        amounts.append(get_amount_out(amounts[-1], reserve_in, reserve_out))
+    return amounts
+
+
+def mid_price(reserves: Sequence[tuple[int, int]]) -> Fraction:
+    """Marginal price of the path in base units: output units per input unit, before fees."""
+    price = Fraction(1)
+    for reserve_in, reserve_out in reserves:
+        if reserve_in <= 0 or reserve_out <= 0:
+            raise InsufficientLiquidity("pool has no liquidity")
+        price *= Fraction(reserve_out, reserve_in)
+    return price
+
+
+def price_impact(amount_in: int, amount_out: int, reserves: Sequence[tuple[int, int]]) -> Decimal:
+    """How much worse a swap's rate is than the pools' mid price, as a fraction.
+
+    ``impact = 1 − execution_price / mid_price`` where ``execution_price = amount_out /
+    amount_in`` and ``mid_price = Π reserve_out / reserve_in`` over the hops (base units, the
+    reserves *before* the swap). The 0.3 % LP fee of each hop is included, so even a tiny swap
+    through one pool has an impact of about 0.003; ``amount_out`` is normally
+    ``get_amounts_out(amount_in, reserves)[-1]`` so the value describes exactly the swap that
+    will execute.
+    """
+    if amount_in <= 0:
+        raise ValueError("amount_in must be positive")
+    ratio = Fraction(amount_out, amount_in) / mid_price(reserves)
+    value = 1 - ratio
+    return _context().divide(Decimal(value.numerator), Decimal(value.denominator))
+
+
+def amount_out_min(quote: int, slippage: Decimal) -> int:
+    """``floor(quote × (1 − slippage))``: the least output the swap may accept.
+
+    Exact (rational arithmetic, rounding down so the bound is never looser than asked);
+    ``slippage`` must be in [0, 1).
+    """
+    if quote < 0:
+        raise ValueError("quote must be >= 0")
+    if not slippage.is_finite() or not Decimal(0) <= slippage < Decimal(1):
+        raise ValueError(f"slippage must be in [0, 1), got {slippage}")
+    kept = 1 - Fraction(slippage)
+    return (quote * kept.numerator) // kept.denominator
+
+
+def spot_price(
+    reserve_token: int, reserve_quote: int, token_decimals: int, quote_decimals: int
+) -> Decimal:
+    """Price of one whole token in whole quote tokens, from a pair's reserves (no fee).
+
+    E.g. reserves of 1 000 WETH (18 decimals) and 3 000 000 USDC (6 decimals) give 3000.
+    """
+    if reserve_token <= 0 or reserve_quote <= 0:
+        raise InsufficientLiquidity("pool has no liquidity")
+    value = Fraction(reserve_quote * 10**token_decimals, reserve_token * 10**quote_decimals)
+    return _context().divide(Decimal(value.numerator), Decimal(value.denominator))
+
+
+def deadline_from(block_timestamp: int, seconds: int) -> int:
+    """A swap deadline ``seconds`` after the latest block's timestamp (chain time, not ours)."""
+    if seconds <= 0:
+        raise ValueError("deadline seconds must be positive")
+    return block_timestamp + seconds
+
+
+def sort_tokens(token_a: str, token_b: str) -> tuple[str, str]:
+    """``(token0, token1)`` of a pair, as ``UniswapV2Library.sortTokens`` orders them."""
+    a, b = to_address(token_a), to_address(token_b)
+    if a == b:
+        raise ValueError("identical token addresses")
+    return (a, b) if int(a, 16) < int(b, 16) else (b, a)
+
+
+# --- calldata ---------------------------------------------------------------------------------
+
+
+def encode_approve(spender: str, amount: int) -> bytes:
+    """ERC20 ``approve(spender, amount)`` calldata."""
+    return encode_call(APPROVE, to_address(spender), amount)
+
+
+def encode_swap_exact_tokens_for_tokens(
+    amount_in: int, amount_out_min: int, path: Sequence[str], to: str, deadline: int
+) -> bytes:
+    """Router02 ``swapExactTokensForTokens`` calldata."""
+    if len(path) < 2:
+        raise ValueError("a swap path has at least two tokens")
+    return encode_call(
+        SWAP_EXACT_TOKENS_FOR_TOKENS,
+        amount_in,
+        amount_out_min,
+        [to_address(token) for token in path],
+        to_address(to),
+        deadline,
+    )
+
+
+# --- on-chain reads ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Quote:
+    """A fresh quote for one swap, with everything needed to bound it."""
+
+    path: tuple[str, ...]
+    amounts: tuple[int, ...]
+    """``amounts[0]`` is the input, ``amounts[-1]`` the output (base units)."""
+    reserves: tuple[tuple[int, int], ...]
+    """``(reserve_in, reserve_out)`` per hop, read in the same round trip."""
+    block_number: int
+
+    @property
+    def amount_in(self) -> int:
+        return self.amounts[0]
+
+    @property
+    def amount_out(self) -> int:
+        return self.amounts[-1]
+
+    @property
+    def price_impact(self) -> Decimal:
+        """See :func:`price_impact`."""
+        return price_impact(self.amount_in, self.amount_out, self.reserves)
+
+    def amount_out_min(self, slippage: Decimal) -> int:
+        return amount_out_min(self.amount_out, slippage)
+
+
+@attrs.define(eq=False)
+class UniswapV2:
+    """Reads a Uniswap V2 deployment through a :class:`ChainClient`.
+
+    Pair addresses are looked up once per instance (they never change once created).
+    """
+
+    client: ChainClient
+    router: str = attrs.field(converter=to_address)
+    quote_token: str | None = attrs.field(
+        default=None, converter=attrs.converters.optional(to_address)
+    )
+    """Token used as the intermediate hop when two tokens have no direct pair (USDC)."""
+    _factory: str | None = attrs.field(default=None, init=False)
+    _pairs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+
+    async def factory(self) -> str:
+        if self._factory is None:
+            raw = await self.client.call(self.router, function_selector("factory()"))
+            self._factory = to_address(raw[12:32])
+        return self._factory
+
+    async def pair(self, token_a: str, token_b: str) -> str | None:
+        """The pair contract of two tokens, or None if there is none."""
+        key = sort_tokens(token_a, token_b)
+        if key not in self._pairs:
+            factory = await self.factory()
+            raw = await self.client.call(
+                factory, encode_call("getPair(address,address)", key[0], key[1])
+            )
+            address = to_address(raw[12:32])
+            if address == ZERO_ADDRESS:
+                return None
+            self._pairs[key] = address
+        return self._pairs[key]
+
+    async def route(self, token_in: str, token_out: str) -> tuple[str, ...]:
+        """The direct path if the pair exists, else through :attr:`quote_token`."""
+        token_in, token_out = to_address(token_in), to_address(token_out)
+        if await self.pair(token_in, token_out) is not None:
+            return (token_in, token_out)
+        hop = self.quote_token
+        if (
+            hop is not None
+            and hop not in (token_in, token_out)
+            and await self.pair(token_in, hop) is not None
+            and await self.pair(hop, token_out) is not None
+        ):
+            return (token_in, hop, token_out)
+        raise NoRoute(f"no Uniswap V2 route from {token_in} to {token_out}")
+
+    async def reserves(self, path: Sequence[str]) -> tuple[tuple[tuple[int, int], ...], int]:
+        """``(reserve_in, reserve_out)`` per hop and the block they were read at, one round trip."""
+        pairs: list[str] = []
+        for token_in, token_out in itertools.pairwise(path):
+            pair = await self.pair(token_in, token_out)
+            if pair is None:
+                raise NoRoute(f"no pair for {token_in}/{token_out}")
+            pairs.append(pair)
+        get_reserves = function_selector("getReserves()")
+        results = await self.client.batch(
+            [
+                ("eth_blockNumber", []),
+                *(
+                    ("eth_call", [{"to": pair, "data": "0x" + get_reserves.hex()}, "latest"])
+                    for pair in pairs
+                ),
+            ]
+        )
+        block_number = int(results[0], 16)
+        hops: list[tuple[int, int]] = []
+        for (token_in, token_out), raw in zip(itertools.pairwise(path), results[1:], strict=True):
+            reserve0, reserve1, _ = abi_decode(
+                ["uint112", "uint112", "uint32"], bytes.fromhex(raw[2:])
+            )
+            token0, _ = sort_tokens(token_in, token_out)
+            hops.append(
+                (reserve0, reserve1) if to_address(token_in) == token0 else (reserve1, reserve0)
+            )
+        return tuple(hops), block_number
+
+    async def quote(self, token_in: str, token_out: str, amount_in: int) -> Quote:
+        """An exact quote from the pools' current reserves (equal to the router's)."""
+        path = await self.route(token_in, token_out)
+        return await self.quote_path(path, amount_in)
+
+    async def quote_path(self, path: Sequence[str], amount_in: int) -> Quote:
+        hops, block_number = await self.reserves(path)
+        amounts = get_amounts_out(amount_in, hops)
+        return Quote(
+            path=tuple(to_address(token) for token in path),
+            amounts=tuple(amounts),
+            reserves=hops,
+            block_number=block_number,
+        )
+
+    async def router_amounts_out(self, amount_in: int, path: Sequence[str]) -> list[int]:
+        """The router's own ``getAmountsOut`` (a cross-check of :meth:`quote`)."""
+        raw = await self.client.call(
+            self.router,
+            encode_call(
+                "getAmountsOut(uint256,address[])", amount_in, [to_address(t) for t in path]
+            ),
+        )
+        (amounts,) = abi_decode(["uint256[]"], raw)
+        return [int(amount) for amount in amounts]
+
+    async def spot_price(
+        self, token: str, token_decimals: int, quote: str, quote_decimals: int
+    ) -> Decimal:
+        """Price of one whole ``token`` in whole ``quote`` tokens from the direct pair."""
+        hops, _ = await self.reserves([token, quote])
+        ((reserve_token, reserve_quote),) = hops
+        return spot_price(reserve_token, reserve_quote, token_decimals, quote_decimals)
