@@ -7,6 +7,7 @@ register their own subcommands (``register(subparsers)``), so this module stays 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -25,6 +26,30 @@ if TYPE_CHECKING:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     print(json.dumps(effective_config(config), indent=2, sort_keys=False))
     return exitcodes.OK
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    # Imported here so that `driftd --help` and check-config stay fast.
+    import trio
+
+    from daemon.app import StartupError, run_daemon
+    from daemon.chain import ChainError
+    from daemon.db import DatabaseUnavailable
+    from daemon.logs import configure_logging, get_logger
+
+    configure_logging(config.log.level, config.log.format)
+    log = get_logger(actor="main")
+    try:
+        trio.run(functools.partial(run_daemon, config, env=dict(os.environ)))
+    except KeyboardInterrupt:
+        log.info("stopped", reason="interrupt")
+        return exitcodes.OK
+    except StartupError as exc:
+        log.error("startup_failed", error=str(exc))
+        return exitcodes.CONFIG_ERROR
+    except (DatabaseUnavailable, ChainError) as exc:
+        log.error("service_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return exitcodes.UNAVAILABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_check_config)
 
+    run = subparsers.add_parser("run", help="run the daemon (price feed, portfolios, executor)")
+    run.set_defaults(func=_run)
+
     for register in _registrars():
         register(subparsers)
     _accept_config_everywhere(parser)
@@ -66,9 +94,37 @@ def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def _registrars() -> list[Callable[[Subparsers], None]]:
-    """Subsystems that add subcommands. Imported lazily so ``--help`` stays fast."""
-    registrars: list[Callable[[Subparsers], None]] = []
-    return registrars
+    """Subsystems that add subcommands."""
+    from daemon import cli_db, cli_delegation
+    from daemon.registration import verify_portfolio_delegations
+
+    return [
+        functools.partial(cli_db.register, verify_delegation=verify_portfolio_delegations),
+        cli_delegation.register,
+    ]
+
+
+def _registry_lookup(config: Config) -> Callable[[str], str | None]:
+    """Token symbol → address from the database, read once on first use."""
+    cache: dict[str, str] = {}
+
+    def lookup(symbol: str) -> str | None:
+        if not cache:
+            import trio
+
+            from daemon.db import DatabaseError, open_database
+
+            async def read() -> dict[str, str]:
+                async with open_database(config.database) as database:
+                    return {token.symbol: token.address for token in await database.tokens()}
+
+            try:
+                cache.update(trio.run(read))
+            except DatabaseError:
+                return None
+        return cache.get(symbol)
+
+    return lookup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,5 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"driftd: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
+    if getattr(args, "token_lookup", None) is not None:
+        # `delegation build --token SYMBOL` resolves symbols through the registry.
+        args.token_lookup = _registry_lookup(config)
     handler: Handler = args.func
     return handler(args, config)

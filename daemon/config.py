@@ -82,6 +82,9 @@ def _decimal(raw: Any) -> Decimal:
         raise ValueError(f"must be a number, got {raw!r}")
     if isinstance(raw, Decimal):
         value = raw
+    elif isinstance(raw, float):
+        # Only code passes floats (TOML floats arrive as Decimal); repr is the shortest exact text.
+        value = Decimal(repr(raw))
     elif isinstance(raw, int | str):
         try:
             value = Decimal(str(raw).strip())

@@ -24,10 +24,12 @@ from typing import NoReturn, Protocol
 import attrs
 import trio
 
+from daemon.chain import ChainError
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
+from daemon.uniswap import InsufficientLiquidity, NoRoute, UniswapV2, spot_price
 
 DIVERGED = "DIVERGED"
 
@@ -145,3 +147,45 @@ async def poll_once(
         health=health,
         problems=tuple(problems),
     )
+
+
+@attrs.define
+class RouterSource:
+    """Spot prices from the Uniswap V2 pools against the quote token (a USD stablecoin).
+
+    The quote token itself is priced at 1 USD: the router cannot see a depeg, which is what the
+    cross-check against the oracle is for. A price's time is when it was read (reserves do not
+    change between blocks, so a quiet chain is not a stale one); the block number is recorded.
+    """
+
+    uniswap: UniswapV2
+    now: Callable[[], datetime]
+    name: PriceSourceName = "router"
+
+    async def fetch(self, tokens: list[Token]) -> tuple[dict[str, PricePoint], list[str]]:
+        quotes = [t for t in tokens if t.is_quote]
+        if len(quotes) != 1:
+            raise PriceSourceError(
+                f"the router source needs exactly one quote token (--quote), found {len(quotes)}"
+            )
+        (quote,) = quotes
+        prices: dict[str, PricePoint] = {}
+        problems: list[str] = []
+        for token in tokens:
+            if token.is_quote:
+                continue
+            try:
+                hops, block = await self.uniswap.reserves([token.address, quote.address])
+            except (NoRoute, ChainError) as exc:
+                problems.append(f"{token.symbol}: no router price ({type(exc).__name__}: {exc})")
+                continue
+            ((reserve_token, reserve_quote),) = hops
+            try:
+                usd = spot_price(reserve_token, reserve_quote, token.decimals, quote.decimals)
+            except InsufficientLiquidity:
+                problems.append(f"{token.symbol}: pool against {quote.symbol} has no liquidity")
+                continue
+            prices[token.symbol] = PricePoint(token.symbol, usd, self.now(), "router", block)
+        newest = max((p.block_number or 0 for p in prices.values()), default=None)
+        prices[quote.symbol] = PricePoint(quote.symbol, Decimal(1), self.now(), "router", newest)
+        return prices, problems

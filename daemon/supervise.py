@@ -99,14 +99,14 @@ class Supervisor(Generic[S]):
         """Every supervised actor by key (read-only use: health reports)."""
         return dict(self._actors)
 
-    def start(self, key: str, actor: ActorFn[S], state_factory: Callable[[], S]) -> Supervised[S]:
-        """Start the actor for ``key`` unless it runs; its state is created on the first start."""
+    def start(self, key: str, actor: ActorFn[S], state: S) -> Supervised[S]:
+        """Start the actor for ``key`` with ``state`` unless it already runs (then nothing
+        changes: a running actor keeps the state it has)."""
         if self._nursery is None:
             raise RuntimeError("Supervisor.run has not started")
         existing = self._actors.get(key)
         if existing is not None and existing.status != "stopped":
             return existing
-        state = existing.state if existing is not None else state_factory()
         entry = Supervised(key=key, state=state, actor=actor)
         self._actors[key] = entry
         self._nursery.start_soon(self._keep_running, entry, name=f"actor:{key}")
@@ -127,9 +127,8 @@ class Supervisor(Generic[S]):
         entry = self._actors.get(key)
         if entry is None:
             raise KeyError(key)
-        state = entry.state
         self.stop(key)
-        self.start(key, actor, lambda: state)
+        self.start(key, actor, entry.state)
 
     def resume(self, key: str) -> bool:
         """Unpark a parked actor (or cut its backoff short). False if there is no such actor."""

@@ -53,8 +53,8 @@ async def test_crashing_actor_is_parked_while_others_keep_running(
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            bad = supervisor.start("bad", crash_always, Counter)
-            good = supervisor.start("good", tick_forever, Counter)
+            bad = supervisor.start("bad", crash_always, Counter())
+            good = supervisor.start("good", tick_forever, Counter())
             await trio.sleep(60)
             assert bad.status == "parked"
             assert bad.state.runs == POLICY.max_restarts + 1
@@ -77,7 +77,7 @@ async def test_state_survives_restarts(autojump_clock: trio.testing.MockClock) -
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            entry = supervisor.start("p", crash_twice, Counter)
+            entry = supervisor.start("p", crash_twice, Counter())
             await trio.sleep(10)
             assert entry.status == "running"
             assert entry.state.runs == 3  # the same state object through three incarnations
@@ -97,7 +97,7 @@ async def test_restarts_wait_for_the_backoff(autojump_clock: trio.testing.MockCl
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            supervisor.start("p", crash, Counter)
+            supervisor.start("p", crash, Counter())
             await trio.sleep(500)
             nursery.cancel_scope.cancel()
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -112,7 +112,7 @@ async def test_resume_unparks(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            entry = supervisor.start("p", crash_always, Counter)
+            entry = supervisor.start("p", crash_always, Counter())
             await trio.sleep(60)
             assert entry.status == "parked"
             runs = entry.state.runs
@@ -129,7 +129,7 @@ async def test_stop_cancels_and_restart_keeps_state(autojump_clock: trio.testing
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            entry = supervisor.start("p", tick_forever, Counter)
+            entry = supervisor.start("p", tick_forever, Counter())
             await trio.sleep(5.5)
             supervisor.restart("p", tick_forever)
             await trio.sleep(5)
@@ -149,7 +149,7 @@ async def test_cancellation_is_not_a_crash(autojump_clock: trio.testing.MockCloc
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            entry = supervisor.start("p", tick_forever, Counter)
+            entry = supervisor.start("p", tick_forever, Counter())
             await trio.sleep(3)
             nursery.cancel_scope.cancel()
     assert entry.last_error is None
@@ -159,4 +159,4 @@ async def test_cancellation_is_not_a_crash(autojump_clock: trio.testing.MockCloc
 def test_start_before_run_is_an_error() -> None:
     supervisor: Supervisor[Counter] = Supervisor(POLICY)
     with pytest.raises(RuntimeError, match="not started"):
-        supervisor.start("p", tick_forever, Counter)
+        supervisor.start("p", tick_forever, Counter())

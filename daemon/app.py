@@ -1,0 +1,345 @@
+"""The process: build the wiring, start every actor in one root nursery, keep portfolios in sync.
+
+Start order (each step ``started()`` only when really ready): database (migrated) → chain client
+(chain id checked) → executor (recovered unfinished intents, knows its next nonce) → price feed
+(first tick attempted) → supervisor → portfolio watcher (one actor per active portfolio; the set
+follows the database through LISTEN/NOTIFY). A crash of the executor, price feed or database
+layer propagates out of the root nursery and ends the process (systemd restarts it); a crash of a
+portfolio actor is contained by the supervisor.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import NoReturn
+
+import attrs
+import httpx
+import trio
+
+from daemon import db as dbm
+from daemon.chain import ChainClient, TxSigner
+from daemon.coingecko import CoinGeckoSource
+from daemon.config import Config
+from daemon.delegation import DelegationFormatError, delegation_from_json
+from daemon.drift import EngineParams
+from daemon.executor import Executor, ExecutorSettings
+from daemon.faults import Faults
+from daemon.latest import Latest
+from daemon.logs import get_logger
+from daemon.messages import PricePoint, PriceSnapshot, RebalanceRequest, Token
+from daemon.portfolio import (
+    PortfolioDeps,
+    PortfolioSpec,
+    PortfolioState,
+    RuntimeParams,
+    run_portfolio_actor,
+)
+from daemon.prices import FeedSettings, OracleSource, PriceSource, RouterSource, run_price_feed
+from daemon.supervise import RestartPolicy, Supervisor
+from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
+from daemon.uniswap import UniswapV2
+
+
+class StartupError(Exception):
+    """The daemon cannot start with this configuration or state; the message says why."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@attrs.define(eq=False)
+class ConfigHolder:
+    """The current configuration; a reload swaps it and bumps ``generation``."""
+
+    current: Config
+    generation: int = 1
+    last_reload_error: str | None = None
+
+
+def runtime_params(config: Config) -> RuntimeParams:
+    """What a portfolio evaluation reads from the configuration."""
+    rebalance = config.rebalance
+    return RuntimeParams(
+        engine=EngineParams(
+            drift_threshold=rebalance.drift_threshold,
+            min_trade_usd=rebalance.min_trade_usd,
+            max_trade_usd=rebalance.max_trade_usd,
+            rebalance_to="band" if rebalance.rebalance_to == "band" else "target",
+            band_fraction=rebalance.band_fraction,
+        ),
+        cooldown_minutes=rebalance.cooldown_minutes,
+        max_price_age=config.prices.max_age,
+        high_drift_alert=config.alerts.high_drift,
+    )
+
+
+def executor_settings(config: Config) -> ExecutorSettings:
+    execution = config.execution
+    return ExecutorSettings(
+        slippage=config.rebalance.slippage_tolerance,
+        price_impact_cap=config.rebalance.price_impact_threshold,
+        dry_run=execution.dry_run,
+        receipt_timeout=execution.receipt_timeout,
+        fee_bump=execution.fee_bump,
+        max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
+        deadline_seconds=execution.deadline_seconds,
+        native_price_symbol=execution.gas_price_symbol,
+    )
+
+
+def message_token(token: dbm.Token) -> Token:
+    return Token(
+        symbol=token.symbol,
+        address=token.address,
+        decimals=token.decimals,
+        coingecko_id=token.coingecko_id,
+        is_quote=token.is_quote,
+    )
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """The wiring: every shared object the actors are built from. Created by :func:`run_daemon`."""
+
+    config: ConfigHolder
+    db: dbm.Database
+    chain: ChainClient
+    uniswap: UniswapV2
+    signer: TxSigner
+    snapshots: Latest[PriceSnapshot]
+    supervisor: Supervisor[PortfolioState]
+    executor: Executor
+    requests: trio.MemorySendChannel[RebalanceRequest]
+    faults: Faults
+    tokens: dict[str, dbm.Token] = attrs.Factory(dict)
+    specs: dict[str, PortfolioSpec] = attrs.Factory(dict)
+    modes: dict[int, ExecutionMode] = attrs.Factory(dict)
+    invalid: dict[str, str] = attrs.Factory(dict)
+    """Portfolios that cannot run (bad delegation file…), with the reason."""
+    started_at: datetime = attrs.Factory(utc_now)
+
+    def message_tokens(self) -> dict[str, Token]:
+        return {symbol: message_token(token) for symbol, token in self.tokens.items()}
+
+    async def refresh_tokens(self) -> None:
+        self.tokens = {token.symbol: token for token in await self.db.tokens()}
+
+    async def load_tokens(self) -> list[Token]:
+        await self.refresh_tokens()
+        return list(self.message_tokens().values())
+
+    async def store_prices(self, points: list[PricePoint]) -> None:
+        observations = [
+            dbm.PriceObservation(
+                token_id=self.tokens[p.symbol].id,
+                source=p.source,
+                usd=p.usd,
+                observed_at=p.observed_at,
+                block_number=p.block_number,
+            )
+            for p in points
+            if p.symbol in self.tokens
+        ]
+        if observations:
+            await self.db.insert_prices(observations)
+
+    def mode_for(self, request: RebalanceRequest) -> ExecutionMode:
+        return self.modes[request.portfolio_id]
+
+    def build_mode(self, portfolio: dbm.Portfolio) -> ExecutionMode:
+        config = self.config.current
+        if config.execution.mode == "wallet":
+            return WalletMode(router=config.chain.router, signer=self.signer.address)
+        delegations = [
+            delegation_from_json(item, f"delegation[{i}]")
+            for i, item in enumerate(portfolio.delegation)
+        ]
+        return DelegationMode.from_signed(
+            delegations, router=config.chain.router, enforcers=config.delegation
+        )
+
+    def spec_of(self, portfolio: dbm.Portfolio) -> PortfolioSpec:
+        wallet = self.config.current.execution.mode == "wallet"
+        return PortfolioSpec(
+            id=portfolio.id,
+            name=portfolio.name,
+            account=self.signer.address if wallet else portfolio.smart_account,
+            targets={a.token.symbol: a.weight for a in portfolio.allocations},
+            tokens=tuple(message_token(a.token) for a in portfolio.allocations),
+        )
+
+
+async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
+    """Make the running actors match the active portfolios in the database."""
+    log = get_logger(actor="app")
+    await daemon.refresh_tokens()
+    active = {p.name: p for p in await daemon.db.active_portfolios()}
+    for name in list(daemon.specs):
+        if name not in active:
+            daemon.supervisor.stop(name)
+            del daemon.specs[name]
+            log.info("portfolio_stopped", portfolio=name)
+    last_success = await daemon.db.last_successful_rebalances()
+    for name, portfolio in active.items():
+        try:
+            mode = daemon.build_mode(portfolio)
+        except (DelegationFormatError, ValueError) as exc:
+            if daemon.invalid.get(name) != str(exc):
+                log.error("portfolio_invalid", portfolio=name, error=str(exc))
+            daemon.invalid[name] = str(exc)
+            if name in daemon.specs:
+                daemon.supervisor.stop(name)
+                del daemon.specs[name]
+            continue
+        daemon.invalid.pop(name, None)
+        spec = daemon.spec_of(portfolio)
+        daemon.modes[portfolio.id] = mode
+        actor = functools.partial(_portfolio_actor, spec, deps)
+        if name not in daemon.specs:
+            # The cooldown clock is seeded from rebalance_log: it survives process restarts.
+            seeded = PortfolioState(last_success_at=last_success.get(portfolio.id))
+            daemon.supervisor.start(name, actor, seeded)
+            log.info("portfolio_started", portfolio=name, account=spec.account)
+        elif daemon.specs[name] != spec:
+            daemon.supervisor.restart(name, actor)
+            log.info("portfolio_changed", portfolio=name)
+        daemon.specs[name] = spec
+
+
+async def _portfolio_actor(spec: PortfolioSpec, deps: PortfolioDeps, state: PortfolioState) -> None:
+    await run_portfolio_actor(spec, state, deps)
+
+
+async def watch_portfolios(
+    daemon: Daemon,
+    deps: PortfolioDeps,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Reconcile at start and whenever a portfolio, its allocations or tokens change."""
+    async with daemon.db.listen(dbm.PORTFOLIO_CHANNEL) as notifications:
+        await reconcile_portfolios(daemon, deps)
+        task_status.started()
+        async for _note in notifications:
+            await reconcile_portfolios(daemon, deps)
+    raise RuntimeError("the portfolio notification stream ended")
+
+
+def price_sources(
+    config: Config, uniswap: UniswapV2, http: httpx.AsyncClient, now: Callable[[], datetime]
+) -> tuple[PriceSource, PriceSource | None]:
+    router = RouterSource(uniswap, now)
+    oracle = OracleSource(
+        CoinGeckoSource(
+            http,
+            config.prices.coingecko_base_url,
+            config.secrets.coingecko_api_key,
+            config.prices.coingecko_plan,
+        )
+    )
+    primary: PriceSource = oracle if config.prices.source == "oracle" else router
+    other: PriceSource = router if primary is oracle else oracle
+    return primary, (other if config.prices.cross_check else None)
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    now: Callable[[], datetime] = utc_now,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """``driftd run``: everything, until cancelled or something vital crashes.
+
+    ``now`` is the wall clock of cooldowns and price ages (tests move it forward)."""
+    log = get_logger(actor="app")
+    faults = Faults.from_env(env or {})
+    if config.secrets.signer_key is None:
+        raise StartupError(
+            "no signer key: set signer.key_file, a systemd credential signer-key, or "
+            "DRIFTD_SIGNER_KEY"
+        )
+    signer = TxSigner(key=config.secrets.signer_key)
+    holder = ConfigHolder(current=config)
+    async with dbm.open_database(config.database) as database:
+        applied = await database.migrate()
+        if applied:
+            log.info("migrations_applied", versions=[m.version for m in applied])
+        async with ChainClient(config.chain) as chain, httpx.AsyncClient(timeout=10) as http:
+            quote = next((t for t in await database.tokens() if t.is_quote), None)
+            uniswap = UniswapV2(chain, config.chain.router, quote.address if quote else None)
+            snapshots: Latest[PriceSnapshot] = Latest()
+            supervisor: Supervisor[PortfolioState] = Supervisor(
+                RestartPolicy(
+                    backoff_initial=config.supervisor.backoff_initial,
+                    backoff_max=config.supervisor.backoff_max,
+                    max_restarts=config.supervisor.max_restarts,
+                    window=config.supervisor.restart_window,
+                ),
+                on_parked=lambda key, error: log.error("ACTOR_PARKED", portfolio=key, error=error),
+            )
+            send, receive = trio.open_memory_channel[RebalanceRequest](0)
+            daemon = Daemon(
+                config=holder,
+                db=database,
+                chain=chain,
+                uniswap=uniswap,
+                signer=signer,
+                snapshots=snapshots,
+                supervisor=supervisor,
+                executor=Executor(
+                    chain=chain,
+                    uniswap=uniswap,
+                    signer=signer,
+                    db=database,
+                    tokens=lambda: daemon.message_tokens(),
+                    mode_for=lambda request: daemon.mode_for(request),
+                    settings=lambda: executor_settings(holder.current),
+                    fault=faults.check,
+                ),
+                requests=send,
+                faults=faults,
+            )
+            await daemon.refresh_tokens()
+            deps = PortfolioDeps(
+                snapshots=snapshots,
+                read_balances=chain.balances,
+                executor=send,
+                params=lambda: runtime_params(holder.current),
+                now=now,
+                fault=faults.check,
+            )
+            primary, secondary = price_sources(config, uniswap, http, now)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.executor.run, receive)
+                await nursery.start(
+                    functools.partial(
+                        run_price_feed,
+                        primary=primary,
+                        secondary=secondary,
+                        load_tokens=daemon.load_tokens,
+                        store=daemon.store_prices,
+                        snapshots=snapshots,
+                        settings=lambda: FeedSettings(
+                            poll_interval=holder.current.prices.poll_interval,
+                            max_divergence=holder.current.prices.max_divergence,
+                        ),
+                        now=now,
+                    )
+                )
+                await nursery.start(supervisor.run)
+                await nursery.start(watch_portfolios, daemon, deps)
+                log.info(
+                    "daemon_started",
+                    signer=signer.address,
+                    portfolios=sorted(daemon.specs),
+                    price_source=primary.name,
+                    dry_run=config.execution.dry_run,
+                )
+                task_status.started(daemon)
+                await trio.sleep_forever()
+    raise AssertionError("unreachable")

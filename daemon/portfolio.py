@@ -1,0 +1,186 @@
+"""The portfolio actor: one per active portfolio, run by the supervisor.
+
+On every new price snapshot (or a manual trigger) it reads the smart account's balances on chain
+in one batched round trip, runs the pure engine, and — when the engine says REBALANCE and the
+cooldown has passed — sends the plan to the executor and waits for the outcome on its own reply
+channel. Everything it must remember across crashes lives in :class:`PortfolioState`, which the
+supervisor owns; the cooldown clock in it is seeded from ``rebalance_log`` when the actor is first
+created, so it also survives process restarts.
+
+Skips are logged with their reason (bad prices, cooldown, paused); they are not rebalance
+attempts, so they write no ``rebalance_log`` row — only what reaches the executor does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+
+import attrs
+import trio
+from structlog.typing import FilteringBoundLogger
+
+from daemon.cooldown import cooldown_message, cooldown_remaining
+from daemon.drift import EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
+from daemon.latest import Latest
+from daemon.logs import get_logger
+from daemon.messages import PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+
+
+@attrs.frozen
+class PortfolioSpec:
+    """A portfolio as registered: what to hold and where."""
+
+    id: int
+    name: str
+    account: str
+    """The smart account (or, in wallet mode, the signer) holding the tokens."""
+    targets: Mapping[str, Decimal]
+    tokens: tuple[Token, ...]
+
+
+@attrs.define(eq=False)
+class PortfolioState:
+    """What a portfolio actor knows, kept by the supervisor across restarts."""
+
+    last_success_at: datetime | None = None
+    """The cooldown clock: when the last successful rebalance was recorded."""
+    last_max_drift: Decimal | None = None
+    last_decision: str | None = None
+    last_evaluated_at: datetime | None = None
+    last_outcome: RebalanceOutcome | None = None
+    paused: bool = False
+    seen_version: int = 0
+    in_flight: bool = False
+    evaluations: int = 0
+    trigger: trio.Event = attrs.Factory(trio.Event)
+    """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``)."""
+
+
+@attrs.frozen
+class RuntimeParams:
+    """The parameters an evaluation uses, read fresh each time (SIGHUP and DB changes apply)."""
+
+    engine: EngineParams
+    cooldown_minutes: Decimal
+    max_price_age: float
+    high_drift_alert: Decimal
+
+
+@attrs.define
+class PortfolioDeps:
+    """What a portfolio actor needs from the rest of the process."""
+
+    snapshots: Latest[PriceSnapshot]
+    read_balances: Callable[[str, list[str]], Awaitable[Mapping[str, int]]]
+    """(account, token addresses) → balance by token address, in base units."""
+    executor: trio.MemorySendChannel[RebalanceRequest]
+    params: Callable[[], RuntimeParams]
+    now: Callable[[], datetime]
+    alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
+    fault: Callable[[str, str], None] = lambda point, portfolio: None
+    """Test hook: raises at named points (``evaluate``) to exercise supervision."""
+
+
+async def run_portfolio_actor(
+    spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps
+) -> None:
+    """Evaluate on every new snapshot or trigger, forever."""
+    while True:
+        async with trio.open_nursery() as nursery:
+            # Whichever comes first: a newer snapshot or a manual trigger.
+            async def newer_snapshot() -> None:
+                version, _ = await deps.snapshots.wait_newer(state.seen_version)
+                state.seen_version = version
+                nursery.cancel_scope.cancel()
+
+            async def triggered() -> None:
+                await state.trigger.wait()
+                state.trigger = trio.Event()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(newer_snapshot)
+            nursery.start_soon(triggered)
+        await evaluate_portfolio(spec, state, deps)
+
+
+async def evaluate_portfolio(
+    spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps
+) -> str:
+    """One evaluation; returns what happened in a few words (for logs, tests and control)."""
+    log = get_logger(actor="portfolio", portfolio=spec.name)
+    deps.fault("evaluate", spec.name)
+    now = deps.now()
+    params = deps.params()
+    state.evaluations += 1
+    state.last_evaluated_at = now
+    if state.paused:
+        return _skip(state, log, "paused")
+    snapshot = deps.snapshots.value
+    if snapshot is None:
+        return _skip(state, log, "No trade: no price snapshot yet")
+    symbols = [token.symbol for token in spec.tokens]
+    prices = snapshot.usable_prices(symbols, now, params.max_price_age)
+    if isinstance(prices, str):
+        return _skip(state, log, prices)
+    by_address = await deps.read_balances(spec.account, [t.address for t in spec.tokens])
+    holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
+    try:
+        decision = evaluate(holdings, spec.targets, prices, snapshot.health, params.engine)
+    except InvalidPortfolio as exc:
+        return _skip(state, log, f"No trade: invalid portfolio: {exc}")
+    state.last_max_drift = decision.max_drift
+    if decision.max_drift is not None and decision.max_drift > params.high_drift_alert:
+        deps.alert(
+            "HIGH_DRIFT",
+            {"portfolio": spec.name, "drift": str(decision.max_drift)},
+        )
+    if isinstance(decision, NoRebalance):
+        return _skip(state, log, decision.reason, max_drift=decision.max_drift)
+    remaining = cooldown_remaining(state.last_success_at, now, params.cooldown_minutes)
+    if remaining.total_seconds() > 0:
+        return _skip(
+            state,
+            log,
+            cooldown_message(remaining),
+            max_drift=decision.max_drift,
+            cooldown_seconds=int(remaining.total_seconds()),
+        )
+    reply_send, reply_receive = trio.open_memory_channel[RebalanceOutcome](1)
+    request = RebalanceRequest(
+        portfolio_id=spec.id,
+        portfolio_name=spec.name,
+        account=spec.account,
+        plan=decision,
+        prices=prices,
+        reply=reply_send,
+        requested_at=trio.current_time(),
+    )
+    log.info(
+        "rebalance_requested",
+        max_drift=str(decision.max_drift),
+        legs=[f"{leg.sell}->{leg.buy} {leg.usd:.2f} USD" for leg in decision.legs],
+    )
+    state.in_flight = True
+    try:
+        async with reply_receive:
+            await deps.executor.send(request)
+            outcome = await reply_receive.receive()
+    finally:
+        state.in_flight = False
+    state.last_outcome = outcome
+    state.last_decision = f"{outcome.status}: {outcome.error or outcome.tx_hash or ''}".strip()
+    if outcome.status == "SUCCESS":
+        state.last_success_at = deps.now()
+    log.info(
+        "rebalance_finished", status=outcome.status, tx_hash=outcome.tx_hash, error=outcome.error
+    )
+    return outcome.status
+
+
+def _skip(state: PortfolioState, log: FilteringBoundLogger, reason: str, **fields: object) -> str:
+    state.last_decision = reason
+    printable = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in fields.items()}
+    log.info("rebalance_skipped", reason=reason, **printable)
+    return reason

@@ -1,0 +1,221 @@
+"""Building blocks for end-to-end daemon tests: real PostgreSQL, real anvil, real contracts.
+
+A scenario registers tokens and a portfolio through the operator's CLI, funds a smart account to
+its targets, signs the minimal delegations as the owner would, then runs the real daemon (in
+process, or as a `driftd run` subprocess) and moves the market with real swaps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from fixtures_chain import send_call
+
+from daemon.chain import ChainClient
+from daemon.cli import main as cli_main
+from daemon.config import Config, DatabaseConfig, parse_config
+from daemon.delegation import (
+    DelegationDomain,
+    build_portfolio_delegations,
+    dump_delegation_file,
+    sign_delegation,
+)
+from daemon.devnet import Devnet, SmartAccount, devnet_key, fund, set_eth_balance
+from daemon.drift import Holding, evaluate
+from daemon.txbuild import SwapLeg, WalletMode
+from daemon.uniswap import UniswapV2, deadline_from
+
+TRADER = devnet_key("market trader")
+_salts = itertools.count(1000)
+
+
+@attrs.define
+class Clock:
+    """Wall clock with an offset the test can move (cooldowns without waiting)."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def daemon_document(devnet: Devnet, db_config: DatabaseConfig, **overrides: Any) -> dict[str, Any]:
+    """A TOML-shaped config for this devnet and database, with fast test timings."""
+    document: dict[str, Any] = {
+        **devnet.config_overrides(),
+        "database": {"url": db_config.url},
+        "prices": {"source": "router", "poll_interval": 0.2, "max_age": 60},
+        "execution": {"receipt_timeout": 10.0},
+        "supervisor": {"backoff_initial": 0.05, "backoff_max": 0.2},
+        "health": {"socket": ""},
+    }
+    for section, values in overrides.items():
+        document.setdefault(section, {}).update(values)
+    return document
+
+
+def daemon_config(devnet: Devnet, db_config: DatabaseConfig, **overrides: Any) -> Config:
+    return parse_config(
+        daemon_document(devnet, db_config, **overrides),
+        {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()},
+    )
+
+
+def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
+    lines: list[str] = []
+    for section, values in document.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, int | float | Decimal):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f"{key} = {json.dumps(str(value))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def run_cli(argv: list[str], config_path: Path, env: Mapping[str, str]) -> int:
+    """The operator's CLI, in a worker thread (it runs its own trio.run)."""
+
+    def call() -> int:
+        import os
+
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            return cli_main(["--config", str(config_path), *argv])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    return await trio.to_thread.run_sync(call)
+
+
+async def register_tokens(devnet: Devnet, config_path: Path, env: Mapping[str, str]) -> None:
+    coingecko = {"USDC": "usd-coin", "WETH": "weth", "WBTC": "wrapped-bitcoin"}
+    for token in devnet.tokens:
+        argv = ["token", "add", token.symbol, token.address, "--decimals", str(token.decimals)]
+        argv += ["--coingecko-id", coingecko[token.symbol]]
+        if token.symbol == devnet.quote_symbol:
+            argv.append("--quote")
+        assert await run_cli(argv, config_path, env) == 0
+
+
+async def register_portfolio(
+    devnet: Devnet,
+    account: SmartAccount,
+    name: str,
+    targets: Mapping[str, str],
+    config_path: Path,
+    env: Mapping[str, str],
+    tmp_path: Path,
+) -> None:
+    """Sign the minimal delegations as the owner, then `driftd portfolio add`."""
+    built = build_portfolio_delegations(
+        account=account.address,
+        delegate=devnet.signer,
+        router=devnet.router,
+        tokens=[devnet.token(symbol).address for symbol in targets],
+        enforcers=devnet.delegation_config(),
+        salt=next(_salts),
+    )
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    signed = [sign_delegation(d, domain, account.owner_key) for d in built.as_list()]
+    file = tmp_path / f"{name}-delegations.json"
+    file.write_text(dump_delegation_file(signed))
+    argv = ["portfolio", "add", name, "--account", account.address, "--delegation", str(file)]
+    argv += ["--target", *[f"{symbol}={weight}" for symbol, weight in targets.items()]]
+    assert await run_cli(argv, config_path, env) == 0
+
+
+async def fund_to_targets(
+    chain: ChainClient,
+    devnet: Devnet,
+    account: str,
+    targets: Mapping[str, str],
+    total_usd: Decimal,
+) -> None:
+    """Top the account up so each token is worth its target share of ``total_usd`` (approx.)."""
+    uniswap = UniswapV2(chain, devnet.router, devnet.quote.address)
+    balances = await chain.balances(account, [t.address for t in devnet.tokens])
+    amounts: dict[str, int] = {}
+    for symbol, weight in targets.items():
+        token = devnet.token(symbol)
+        price = (
+            Decimal(1)
+            if symbol == devnet.quote_symbol
+            else await uniswap.spot_price(
+                token.address, token.decimals, devnet.quote.address, devnet.quote.decimals
+            )
+        )
+        wanted = int(total_usd * Decimal(weight) / price * 10**token.decimals)
+        if wanted > balances[token.address]:
+            amounts[symbol] = wanted - balances[token.address]
+    if amounts:
+        await fund(chain, devnet, account, amounts)
+
+
+async def move_price(chain: ChainClient, devnet: Devnet, symbol: str, factor: Decimal) -> None:
+    """Trade the ``symbol``/quote pool until ``symbol``'s price is about ``factor`` × today's."""
+    uniswap = UniswapV2(chain, devnet.router, devnet.quote.address)
+    token, quote = devnet.token(symbol), devnet.quote
+    trader = WalletMode(router=devnet.router, signer=_trader_address())
+    (((reserve_token, reserve_quote),), _) = await uniswap.reserves([token.address, quote.address])
+    # Constant product: price × factor needs the quote reserve × sqrt(factor).
+    root = factor.sqrt()
+    if factor > 1:
+        amount, token_in, token_out = int(reserve_quote * (root - 1)), quote, token
+    else:
+        amount, token_in, token_out = int(reserve_token * (1 / root - 1)), token, quote
+    await set_eth_balance(chain, trader.signer, 10**20)
+    await fund(chain, devnet, trader.signer, {token_in.symbol: amount})
+    block = await chain.latest_block()
+    leg = SwapLeg(
+        token_in=token_in.address,
+        token_out=token_out.address,
+        amount_in=amount,
+        amount_out_min=1,
+        path=(token_in.address, token_out.address),
+        deadline=deadline_from(block.timestamp, 600),
+    )
+    for call in trader.calls([leg]):
+        receipt = await send_call(chain, TRADER, call)
+        assert receipt.succeeded
+
+
+def _trader_address() -> str:
+    from daemon.chain import TxSigner
+
+    return TxSigner(key=TRADER).address
+
+
+async def portfolio_drift(
+    chain: ChainClient, devnet: Devnet, account: str, targets: Mapping[str, str]
+) -> Decimal:
+    """The portfolio's max drift at the pools' current prices (an independent check)."""
+    uniswap = UniswapV2(chain, devnet.router, devnet.quote.address)
+    tokens = [devnet.token(symbol) for symbol in targets]
+    balances = await chain.balances(account, [t.address for t in tokens])
+    prices = {}
+    for token in tokens:
+        prices[token.symbol] = (
+            Decimal(1)
+            if token.symbol == devnet.quote_symbol
+            else await uniswap.spot_price(
+                token.address, token.decimals, devnet.quote.address, devnet.quote.decimals
+            )
+        )
+    holdings = [Holding(t.symbol, balances[t.address], t.decimals) for t in tokens]
+    decision = evaluate(holdings, {s: Decimal(w) for s, w in targets.items()}, prices)
+    assert decision.max_drift is not None
+    return decision.max_drift
