@@ -11,6 +11,7 @@ portfolio actor is contained by the supervisor.
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -343,3 +344,34 @@ async def run_daemon(
                 task_status.started(daemon)
                 await trio.sleep_forever()
     raise AssertionError("unreachable")
+
+
+async def serve(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGINT or SIGTERM, then stop cleanly.
+
+    Stopping cancels the root nursery: the executor's record-and-broadcast step is shielded, so
+    a transaction is never on the wire without its intent; anything still pending is settled by
+    the next start's recovery.
+    """
+    log = get_logger(actor="app")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(run_daemon, config, env=env))
+            task_status.started()
+            async for signum in signals:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    log.info("stopped")
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The non-group exceptions inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]
+    return [exc]

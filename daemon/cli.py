@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     # Imported here so that `driftd --help` and check-config stay fast.
     import trio
 
-    from daemon.app import StartupError, run_daemon
+    from daemon.app import StartupError, leaf_exceptions, serve
     from daemon.chain import ChainError
     from daemon.db import DatabaseUnavailable
     from daemon.logs import configure_logging, get_logger
@@ -40,16 +40,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     configure_logging(config.log.level, config.log.format)
     log = get_logger(actor="main")
     try:
-        trio.run(functools.partial(run_daemon, config, env=dict(os.environ)))
-    except KeyboardInterrupt:
-        log.info("stopped", reason="interrupt")
-        return exitcodes.OK
-    except StartupError as exc:
-        log.error("startup_failed", error=str(exc))
-        return exitcodes.CONFIG_ERROR
-    except (DatabaseUnavailable, ChainError) as exc:
-        log.error("service_unavailable", error=f"{type(exc).__name__}: {exc}")
-        return exitcodes.UNAVAILABLE
+        trio.run(functools.partial(serve, config, env=dict(os.environ)))
+    except BaseException as exc:  # mapped to exit codes below, else re-raised
+        leaves = leaf_exceptions(exc)
+        if all(isinstance(leaf, StartupError) for leaf in leaves):
+            log.error("startup_failed", error="; ".join(map(str, leaves)))
+            return exitcodes.CONFIG_ERROR
+        if all(isinstance(leaf, DatabaseUnavailable | ChainError) for leaf in leaves):
+            errors = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+            log.error("service_unavailable", error=errors)
+            return exitcodes.UNAVAILABLE
+        raise
+    return exitcodes.OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,9 +108,9 @@ def register(
     )
     add.add_argument(
         "--delegation",
-        required=True,
         metavar="FILE",
-        help="JSON array of the owner's signed delegations",
+        help="JSON array of the owner's signed delegations (required unless execution.mode is "
+        "wallet)",
     )
     add.add_argument("--owner", metavar="0xADDRESS", help="the owner's address (informational)")
     add.set_defaults(func=functools.partial(cmd_portfolio_add, verify=verify_delegation))
@@ -388,15 +388,23 @@ def cmd_portfolio_add(
         account = parse_address(args.account, "--account")
         owner = parse_address(args.owner, "--owner") if args.owner else None
         targets = parse_targets(args.target)
-        delegations = read_delegation_file(args.delegation, account)
-        if verify is not None:
+        if config.execution.mode == "wallet":
+            # The signer's own address holds the funds: there is nothing to delegate.
+            if args.delegation:
+                raise InputError("--delegation: not used when execution.mode is wallet")
+            delegations: list[dict[str, Any]] = []
+        elif not args.delegation:
+            raise InputError("--delegation FILE is required when execution.mode is delegation")
+        else:
+            delegations = read_delegation_file(args.delegation, account)
+        if delegations and verify is not None:
             try:
                 verify(delegations, account, config)
             except ValueError as exc:
                 raise InputError(f"--delegation {args.delegation}: {exc}") from None
             except VerifierUnavailable as exc:
                 return _fail(exc, exitcodes.UNAVAILABLE)
-        else:
+        elif delegations:
             print(
                 "driftd: note: delegation signatures were not verified (no verifier available)",
                 file=sys.stderr,

@@ -171,7 +171,9 @@ async def evaluate_portfolio(
         state.in_flight = False
     state.last_outcome = outcome
     state.last_decision = f"{outcome.status}: {outcome.error or outcome.tx_hash or ''}".strip()
-    if outcome.status == "SUCCESS":
+    if outcome.status in ("SUCCESS", "DRY_RUN"):
+        # A dry run keeps the cooldown too, so it shows what live trading would do (and does not
+        # log the same plan on every tick).
         state.last_success_at = deps.now()
     log.info(
         "rebalance_finished", status=outcome.status, tx_hash=outcome.tx_hash, error=outcome.error

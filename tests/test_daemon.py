@@ -33,6 +33,7 @@ from daemon_harness import (
     portfolio_drift,
     register_portfolio,
     register_tokens,
+    run_cli,
     write_toml,
 )
 from http_server import Request, Response, loopback_http
@@ -184,6 +185,12 @@ async def test_market_move_is_rebalanced_back_within_threshold(
         # The signed transaction was recorded before broadcast and ended CONFIRMED.
         (intent,) = await db.intents_for_rebalance(row.id)
         assert (intent.status, intent.tx_hash) == ("CONFIRMED", row.transaction_hash)
+        # The signer key never reaches the database (DESIGN.md §4.8).
+        key = devnet.signer_key.reveal()[2:].lower()
+        tables = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        for table in tables:
+            dump = await db.fetch(f'SELECT t::text AS row FROM "{table["tablename"]}" t')  # noqa: S608
+            assert all(key not in r["row"].lower() for r in dump), table["tablename"]
 
 
 async def test_cooldown_blocks_a_second_trade_until_it_passes(
@@ -436,3 +443,111 @@ async def _register_extra(
     env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
     await fund_to_targets(chain, devnet, account.address, TARGETS, TOTAL_USD)
     await register_portfolio(devnet, account, "crashy", TARGETS, path, env, tmp_path)
+
+
+async def test_dry_run_plans_and_quotes_but_sends_nothing(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    overrides = {"execution": {"dry_run": True}}
+    with trio.fail_after(60):
+        await setup_portfolio(chain, devnet, db_config, tmp_path, **overrides)
+        await move_price(chain, devnet, "WETH", Decimal("1.3"))
+        nonce = await chain.get_transaction_count(devnet.signer)
+        async with running_daemon(devnet, db_config, **overrides) as daemon:
+            (row,) = await wait_for(lambda: finished_rows(db, "main"), "a dry run")
+            seen = daemon.supervisor.actors["main"].state.evaluations
+            await wait_for(lambda: evaluated(daemon, "main", seen + 3), "more evaluations")
+        assert [r.status for r in await finished_rows(db, "main")] == ["DRY_RUN"]  # cooldown
+        assert row.transaction_hash is None
+        assert all(int(leg["amount_out_min"]) > 0 for leg in row.expected_outputs)
+        assert await chain.get_transaction_count(devnet.signer) == nonce
+        assert await db.intents_by_status() == []
+        account = devnet.accounts[0].address
+        assert await portfolio_drift(chain, devnet, account, TARGETS) > Decimal("0.15")
+
+
+async def test_wallet_mode_trades_from_the_signer_through_the_same_executor(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    overrides = {"execution": {"mode": "wallet"}}
+    path = write_toml(tmp_path / "config.toml", daemon_document(devnet, db_config, **overrides))
+    env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+    with trio.fail_after(60):
+        await register_tokens(devnet, path, env)
+        await fund_to_targets(chain, devnet, devnet.signer, TARGETS, TOTAL_USD)
+        argv = ["portfolio", "add", "own", "--account", devnet.signer]
+        argv += ["--target", *[f"{s}={w}" for s, w in TARGETS.items()]]
+        assert await run_cli(argv, path, env) == 0
+        nonce = await chain.get_transaction_count(devnet.signer)
+        async with running_daemon(devnet, db_config, **overrides):
+            await move_price(chain, devnet, "WETH", Decimal("1.3"))
+            (row,) = await wait_for(lambda: finished_rows(db, "own"), "a rebalance")
+        assert row.status == "SUCCESS", row.error
+        legs = len(row.token_amounts)
+        # An EOA cannot batch: approve + swap per leg, each with its own nonce, in order.
+        assert await chain.get_transaction_count(devnet.signer) == nonce + 2 * legs
+        intents = await db.intents_for_rebalance(row.id)
+        assert [i.nonce for i in intents] == list(range(nonce, nonce + 2 * legs))
+        assert await portfolio_drift(chain, devnet, devnet.signer, TARGETS) < Decimal("0.15")
+
+
+async def test_portfolios_follow_the_database_without_a_restart(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    path = write_toml(tmp_path / "config.toml", daemon_document(devnet, db_config))
+    env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+    with trio.fail_after(60):
+        await setup_portfolio(chain, devnet, db_config, tmp_path, "alpha", 0)
+        async with running_daemon(devnet, db_config) as daemon:
+            assert set(daemon.supervisor.actors) == {"alpha"}
+            await setup_portfolio(chain, devnet, db_config, tmp_path, "beta", 1, False)
+
+            async def has(names: set[str]) -> bool:
+                return set(daemon.supervisor.actors) == names
+
+            await wait_for(lambda: has({"alpha", "beta"}), "beta to start")
+            assert await run_cli(["portfolio", "deactivate", "alpha"], path, env) == 0
+            await wait_for(lambda: has({"beta"}), "alpha to stop")
+            await move_price(chain, devnet, "WETH", Decimal("1.3"))
+            (row,) = await wait_for(lambda: finished_rows(db, "beta"), "beta's rebalance")
+            assert row.status == "SUCCESS"
+        assert await finished_rows(db, "alpha") == []
+
+
+async def test_sigint_stops_the_daemon_cleanly(
+    chain: ChainClient, devnet: Devnet, db_config: DatabaseConfig, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        await setup_portfolio(chain, devnet, db_config, tmp_path)
+        config_path = write_toml(tmp_path / "daemon.toml", daemon_document(devnet, db_config))
+        env = {**os.environ, "DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+        log_file = tmp_path / "daemon.log"
+        with log_file.open("wb") as output:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "daemon", "--config", str(config_path), "run"],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+            async def started() -> bool:
+                return "daemon_started" in log_file.read_text()
+
+            await wait_for(started, "the daemon to start")
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0, log_file.read_text()
+        text = log_file.read_text()
+        assert '"event": "stopped"' in text
+        assert devnet.signer_key.reveal()[2:] not in text  # the key never reaches a log line
