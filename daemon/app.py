@@ -14,16 +14,23 @@ import functools
 import signal
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import httpx
 import trio
 
 from daemon import db as dbm
+from daemon.alerts import AlertSettings, AlertSink
 from daemon.chain import ChainClient, TxSigner
 from daemon.coingecko import CoinGeckoSource
-from daemon.config import Config
+from daemon.config import (
+    Config,
+    ConfigError,
+    apply_runtime_params,
+    changed_keys,
+    keep_restart_keys,
+)
 from daemon.delegation import DelegationFormatError, delegation_from_json
 from daemon.drift import EngineParams
 from daemon.executor import Executor, ExecutorSettings
@@ -54,11 +61,49 @@ def utc_now() -> datetime:
 
 @attrs.define(eq=False)
 class ConfigHolder:
-    """The current configuration; a reload swaps it and bumps ``generation``."""
+    """The effective configuration and where it came from.
 
-    current: Config
+    ``base`` is the file and environment as last loaded (keys that need a restart pinned to
+    what the process started with); ``runtime_params`` is the last valid
+    ``system_config.REBALANCING_PARAMS``; ``current`` = base overlaid with them, read afresh by
+    every actor on every use, so a reload needs no restart. A bad reload changes nothing but
+    ``last_reload_error``.
+    """
+
+    base: Config
+    runtime_params: Any = None
     generation: int = 1
     last_reload_error: str | None = None
+    restart_pending: list[str] = attrs.Factory(list)
+    """Keys changed on disk that only a restart applies."""
+    current: Config = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.current = self.base
+
+    def _effective(self, base: Config, params: Any) -> Config:
+        return base if params is None else apply_runtime_params(base, params)
+
+    def reload_base(self, loaded: Config) -> list[str]:
+        """Apply a freshly loaded file + environment; returns the live keys that changed.
+
+        Raises :class:`ConfigError` (and changes nothing) if the result is invalid.
+        """
+        live, restart = changed_keys(self.base, loaded)
+        base = keep_restart_keys(self.base, loaded)
+        self.current = self._effective(base, self.runtime_params)
+        self.base = base
+        self.restart_pending = sorted(set(self.restart_pending) | set(restart))
+        self.generation += 1
+        self.last_reload_error = None
+        return live
+
+    def set_runtime_params(self, params: Any) -> None:
+        """Apply ``REBALANCING_PARAMS`` from the database (None: none stored)."""
+        self.current = self._effective(self.base, params)
+        self.runtime_params = params
+        self.generation += 1
+        self.last_reload_error = None
 
 
 def runtime_params(config: Config) -> RuntimeParams:
@@ -89,6 +134,14 @@ def executor_settings(config: Config) -> ExecutorSettings:
         max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
         deadline_seconds=execution.deadline_seconds,
         native_price_symbol=execution.gas_price_symbol,
+        gas_alert_factor=config.alerts.gas_cost_factor,
+        expected_gas_cost_usd=config.alerts.expected_gas_cost_usd,
+    )
+
+
+def alert_settings(config: Config) -> AlertSettings:
+    return AlertSettings(
+        webhook_url=config.alerts.webhook_url, repeat_window=config.alerts.repeat_window
     )
 
 
@@ -119,9 +172,54 @@ class Daemon:
     tokens: dict[str, dbm.Token] = attrs.Factory(dict)
     specs: dict[str, PortfolioSpec] = attrs.Factory(dict)
     modes: dict[int, ExecutionMode] = attrs.Factory(dict)
+    alerts: AlertSink | None = None
     invalid: dict[str, str] = attrs.Factory(dict)
     """Portfolios that cannot run (bad delegation file…), with the reason."""
     started_at: datetime = attrs.Factory(utc_now)
+    accepting: bool = True
+    """False once stopping: portfolio actors start no new rebalance."""
+
+    def alert(self, kind: str, fields: Mapping[str, object]) -> None:
+        if self.alerts is not None:
+            self.alerts.fire(kind, fields)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new rebalances and give an in-flight one up to ``grace`` seconds to
+        reach its receipt (its intent is durable either way)."""
+        self.accepting = False
+        with trio.move_on_after(grace):
+            await self.executor.status.idle.wait()
+
+    def reload(self, load: Callable[[], Config]) -> bool:
+        """SIGHUP: re-read file and environment; on any error keep the running config."""
+        log = get_logger(actor="app")
+        try:
+            applied = self.config.reload_base(load())
+        except ConfigError as exc:
+            self.config.last_reload_error = "; ".join(exc.problems)
+            log.error("config_reload_failed", problems=exc.problems)
+            return False
+        log.info(
+            "config_reloaded",
+            generation=self.config.generation,
+            applied=applied,
+            needs_restart=self.config.restart_pending,
+        )
+        return True
+
+    async def load_runtime_params(self) -> None:
+        """Apply ``system_config.REBALANCING_PARAMS`` (the database has the last word)."""
+        log = get_logger(actor="app")
+        params = await self.db.get_system_config(dbm.REBALANCING_PARAMS)
+        if params == self.config.runtime_params:
+            return
+        try:
+            self.config.set_runtime_params(params)
+        except ConfigError as exc:
+            self.config.last_reload_error = "; ".join(exc.problems)
+            log.error("runtime_params_rejected", problems=exc.problems)
+            return
+        log.info("runtime_params_applied", params=params, generation=self.config.generation)
 
     def message_tokens(self) -> dict[str, Token]:
         return {symbol: message_token(token) for symbol, token in self.tokens.items()}
@@ -215,6 +313,19 @@ async def _portfolio_actor(spec: PortfolioSpec, deps: PortfolioDeps, state: Port
     await run_portfolio_actor(spec, state, deps)
 
 
+async def watch_runtime_params(
+    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> NoReturn:
+    """Apply REBALANCING_PARAMS at start and whenever it changes (LISTEN/NOTIFY)."""
+    async with daemon.db.listen(dbm.SYSTEM_CONFIG_CHANNEL) as notifications:
+        await daemon.load_runtime_params()
+        task_status.started()
+        async for note in notifications:
+            if note.resync or note.payload == dbm.REBALANCING_PARAMS:
+                await daemon.load_runtime_params()
+    raise RuntimeError("the system_config notification stream ended")
+
+
 async def watch_portfolios(
     daemon: Daemon,
     deps: PortfolioDeps,
@@ -265,7 +376,7 @@ async def run_daemon(
             "DRIFTD_SIGNER_KEY"
         )
     signer = TxSigner(key=config.secrets.signer_key)
-    holder = ConfigHolder(current=config)
+    holder = ConfigHolder(base=config)
     async with dbm.open_database(config.database) as database:
         applied = await database.migrate()
         if applied:
@@ -281,7 +392,9 @@ async def run_daemon(
                     max_restarts=config.supervisor.max_restarts,
                     window=config.supervisor.restart_window,
                 ),
-                on_parked=lambda key, error: log.error("ACTOR_PARKED", portfolio=key, error=error),
+                on_parked=lambda key, error: daemon.alert(
+                    "ACTOR_PARKED", {"portfolio": key, "error": error}
+                ),
             )
             send, receive = trio.open_memory_channel[RebalanceRequest](0)
             daemon = Daemon(
@@ -301,9 +414,11 @@ async def run_daemon(
                     mode_for=lambda request: daemon.mode_for(request),
                     settings=lambda: executor_settings(holder.current),
                     fault=faults.check,
+                    alert=lambda kind, fields: daemon.alert(kind, fields),
                 ),
                 requests=send,
                 faults=faults,
+                alerts=AlertSink(lambda: alert_settings(holder.current), now),
             )
             await daemon.refresh_tokens()
             deps = PortfolioDeps(
@@ -313,9 +428,14 @@ async def run_daemon(
                 params=lambda: runtime_params(holder.current),
                 now=now,
                 fault=faults.check,
+                alert=daemon.alert,
+                accepting=lambda: daemon.accepting,
             )
             primary, secondary = price_sources(config, uniswap, http, now)
             async with trio.open_nursery() as nursery:
+                if daemon.alerts is not None:
+                    await nursery.start(daemon.alerts.run, http)
+                await nursery.start(watch_runtime_params, daemon)
                 await nursery.start(daemon.executor.run, receive)
                 await nursery.start(
                     functools.partial(
@@ -349,22 +469,33 @@ async def run_daemon(
 async def serve(
     config: Config,
     *,
+    load: Callable[[], Config] | None = None,
     env: Mapping[str, str] | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGINT or SIGTERM, then stop cleanly.
+    """Run the daemon with signal handling until SIGINT or SIGTERM.
 
-    Stopping cancels the root nursery: the executor's record-and-broadcast step is shielded, so
-    a transaction is never on the wire without its intent; anything still pending is settled by
-    the next start's recovery.
+    SIGHUP re-reads the configuration with ``load`` (file + environment). SIGINT/SIGTERM stop
+    new rebalances, give an in-flight transaction ``execution.shutdown_grace`` seconds to reach
+    its receipt, then cancel everything. The executor's record-and-broadcast step is shielded,
+    so no transaction is ever on the wire without its intent; whatever is still pending is
+    settled by the next start's recovery.
     """
     log = get_logger(actor="app")
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    signals_wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    with trio.open_signal_receiver(*signals_wanted) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(run_daemon, config, env=env))
-            task_status.started()
+            daemon: Daemon = await nursery.start(functools.partial(run_daemon, config, env=env))
+            task_status.started(daemon)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if load is None:
+                        log.warning("reload_unavailable", reason="no configuration loader")
+                    else:
+                        daemon.reload(load)
+                    continue
                 log.info("stopping", signal=signal.Signals(signum).name)
+                await daemon.drain(daemon.config.current.execution.shutdown_grace)
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")

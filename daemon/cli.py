@@ -40,7 +40,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     configure_logging(config.log.level, config.log.format)
     log = get_logger(actor="main")
     try:
-        trio.run(functools.partial(serve, config, env=dict(os.environ)))
+        env = dict(os.environ)
+        path = resolve_config_path(args.config, env)
+        # SIGHUP re-reads the same file and the environment the process started with.
+        trio.run(functools.partial(serve, config, load=lambda: load_config(path, env), env=env))
     except BaseException as exc:  # mapped to exit codes below, else re-raised
         leaves = leaf_exceptions(exc)
         if all(isinstance(leaf, StartupError) for leaf in leaves):

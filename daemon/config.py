@@ -320,6 +320,14 @@ class ExecutionConfig:
     deadline_seconds: int = setting(
         300, _int, "Swap deadline, in seconds after the latest block's timestamp.", check=_positive
     )
+    shutdown_grace: float = setting(
+        30.0,
+        _float,
+        "On SIGTERM, seconds to let an in-flight transaction reach its receipt before stopping "
+        "(it is recorded either way; the next start settles it).",
+        check=_non_negative,
+        live=True,
+    )
     gas_price_symbol: str = setting(
         "WETH",
         _str,
@@ -861,3 +869,63 @@ def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:
     if old.secrets != new.secrets:
         restart.append("secrets")
     return live, restart
+
+
+def keep_restart_keys(running: Config, reloaded: Config) -> Config:
+    """``reloaded`` with every key that needs a restart kept at its ``running`` value.
+
+    A reload applies what can change live (thresholds, sizes, intervals…); connections, the
+    signer and the like stay as the process started with until it is restarted.
+    """
+    sections: dict[str, Any] = {}
+    for section_name, cls in _section_types().items():
+        new_section = getattr(reloaded, section_name)
+        old_section = getattr(running, section_name)
+        kept = {
+            f.name: getattr(old_section, f.name)
+            for f in attrs.fields(cls)
+            if not f.metadata["live"]
+        }
+        sections[section_name] = attrs.evolve(new_section, **kept)
+    return attrs.evolve(reloaded, secrets=running.secrets, **sections)
+
+
+RUNTIME_PARAM_ALIASES: Final = {
+    # The seed's REBALANCING_PARAMS spelling → our [rebalance] key.
+    "driftThreshold": "drift_threshold",
+    "cooldownMinutes": "cooldown_minutes",
+    "slippageTolerance": "slippage_tolerance",
+    "maxTradeSizeUsd": "max_trade_usd",
+    "minTradeSizeUsd": "min_trade_usd",
+    "priceImpactThreshold": "price_impact_threshold",
+}
+
+
+def apply_runtime_params(config: Config, params: Any) -> Config:
+    """Overlay ``system_config.REBALANCING_PARAMS`` (a JSON object of ``[rebalance]`` keys, or
+    the seed's camelCase names) on ``config``; the database has the last word.
+
+    Raises :class:`ConfigError` naming each bad key; nothing is applied then.
+    """
+    where = "system_config.REBALANCING_PARAMS"
+    if not isinstance(params, Mapping):
+        raise ConfigError([f"{where}: must be a JSON object, got {type(params).__name__}"])
+    fields = {f.name: f for f in attrs.fields(RebalanceConfig)}
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for raw_key, raw in params.items():
+        key = RUNTIME_PARAM_ALIASES.get(str(raw_key), str(raw_key))
+        attribute = fields.get(key)
+        if attribute is None:
+            problems.append(f"{where}.{raw_key}: unknown rebalancing parameter")
+            continue
+        try:
+            values[key] = _parse_value(attribute, raw, attribute.metadata["parse"])
+        except ValueError as exc:
+            problems.append(f"{where}.{raw_key}: {exc}")
+    rebalance = attrs.evolve(config.rebalance, **values)
+    if rebalance.min_trade_usd > rebalance.max_trade_usd:
+        problems.append(f"{where}: min_trade_usd must be <= max_trade_usd")
+    if problems:
+        raise ConfigError(problems)
+    return attrs.evolve(config, rebalance=rebalance)

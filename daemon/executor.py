@@ -29,6 +29,8 @@ import itertools
 import math
 import os
 import socket
+import statistics
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, NoReturn
@@ -59,6 +61,9 @@ TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
 GAS_LIMIT_MARGIN: Final = Decimal("1.25")
 """Estimated gas × this: estimates are exact for the state they ran on, blocks move on."""
 RECEIPT_POLL_SECONDS: Final = 0.25
+GAS_HISTORY: Final = 20
+GAS_HISTORY_MIN: Final = 3
+"""Rebalances of a kind seen before their median serves as the expected gas cost."""
 LEASE_TTL_SECONDS: Final = 30.0
 LEASE_RENEW_SECONDS: Final = 5.0
 LEASE_RELEASE_SECONDS: Final = 2.0
@@ -103,6 +108,9 @@ class ExecutorSettings:
     max_fee_per_gas: int = 500 * 10**9
     deadline_seconds: int = 300
     native_price_symbol: str = "WETH"
+    gas_alert_factor: Decimal = Decimal(2)
+    expected_gas_cost_usd: Decimal = Decimal(0)
+    """0: expect the median of recent rebalances of the same kind."""
 
 
 @attrs.define(eq=False)
@@ -115,6 +123,21 @@ class ExecutorStatus:
     handled: int = 0
     last_loop_at: float | None = None
     """trio.current_time() of the last time the loop was idle or finished a request."""
+    idle: trio.Event = attrs.Factory(trio.Event)
+    """Set while no request is in flight (a graceful stop waits on it)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.idle.set()
+
+    def begin(self) -> None:
+        if self.pending == 0:
+            self.idle = trio.Event()
+        self.pending += 1
+
+    def end(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self.idle.set()
 
 
 @attrs.define(eq=False)
@@ -139,6 +162,8 @@ class Executor:
     ``after_broadcast``."""
     status: ExecutorStatus = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
+    _recent_gas: dict[tuple[int, int], deque[Decimal]] = attrs.field(init=False, factory=dict)
+    """Recent gas costs (USD) by (legs, transactions): the expectation for HIGH_GAS_COST."""
 
     def __attrs_post_init__(self) -> None:
         self.status = ExecutorStatus(signer=self.signer.address)
@@ -219,13 +244,13 @@ class Executor:
             drift_percentage=request.plan.max_drift,
             token_amounts=[_planned_leg(leg) for leg in request.plan.legs],
         )
-        self.status.pending += 1
+        self.status.begin()
         try:
             result = await self._execute(request, rebalance_id, log)
         except (RebalanceAborted, ChainError, NoRoute, ValueError) as exc:
             result = dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
         finally:
-            self.status.pending -= 1
+            self.status.end()
         elapsed_ms = int((trio.current_time() - min(started, request.requested_at)) * 1000)
         result = attrs.evolve(result, execution_time_ms=elapsed_ms)
         await self.db.finish_rebalance(rebalance_id, result)
@@ -244,6 +269,10 @@ class Executor:
             self.alert(
                 "REBALANCE_FAILED", {"portfolio": request.portfolio_name, "error": result.error}
             )
+        if result.status == "SUCCESS" and result.gas_cost_usd is not None:
+            intents = await self.db.intents_for_rebalance(rebalance_id)
+            kind = (len(result.expected_outputs or ()), len({i.nonce for i in intents}))
+            self._check_gas_cost(request.portfolio_name, kind, result.gas_cost_usd)
         outcome = RebalanceOutcome(
             rebalance_id=rebalance_id,
             status=result.status,
@@ -255,6 +284,21 @@ class Executor:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             log.info("requester_gone", rebalance_id=rebalance_id)
         return outcome
+
+    def _check_gas_cost(self, portfolio: str, kind: tuple[int, int], cost: Decimal) -> None:
+        """HIGH_GAS_COST when ``cost`` exceeds the factor × the expected cost of this kind of
+        transaction (configured, else the median of recent ones)."""
+        settings = self.settings()
+        recent = self._recent_gas.setdefault(kind, deque(maxlen=GAS_HISTORY))
+        expected: Decimal | None = settings.expected_gas_cost_usd or None
+        if expected is None and len(recent) >= GAS_HISTORY_MIN:
+            expected = statistics.median(recent)
+        if expected is not None and cost > settings.gas_alert_factor * expected:
+            self.alert(
+                "HIGH_GAS_COST",
+                {"portfolio": portfolio, "gas_cost_usd": str(cost), "expected": str(expected)},
+            )
+        recent.append(cost)
 
     async def _execute(
         self, request: RebalanceRequest, rebalance_id: int, log: Any

@@ -79,6 +79,8 @@ class PortfolioDeps:
     params: Callable[[], RuntimeParams]
     now: Callable[[], datetime]
     alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
+    accepting: Callable[[], bool] = lambda: True
+    """False while the daemon is stopping: no new rebalance is started."""
     fault: Callable[[str, str], None] = lambda point, portfolio: None
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
 
@@ -123,6 +125,8 @@ async def evaluate_portfolio(
     symbols = [token.symbol for token in spec.tokens]
     prices = snapshot.usable_prices(symbols, now, params.max_price_age)
     if isinstance(prices, str):
+        if "stale" in prices:
+            deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices})
         return _skip(state, log, prices)
     by_address = await deps.read_balances(spec.account, [t.address for t in spec.tokens])
     holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
@@ -147,6 +151,8 @@ async def evaluate_portfolio(
             max_drift=decision.max_drift,
             cooldown_seconds=int(remaining.total_seconds()),
         )
+    if not deps.accepting():
+        return _skip(state, log, "No trade: the daemon is stopping", max_drift=decision.max_drift)
     reply_send, reply_receive = trio.open_memory_channel[RebalanceOutcome](1)
     request = RebalanceRequest(
         portfolio_id=spec.id,

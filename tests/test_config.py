@@ -15,8 +15,10 @@ from daemon.cli import main
 from daemon.config import (
     Config,
     ConfigError,
+    apply_runtime_params,
     changed_keys,
     effective_config,
+    keep_restart_keys,
     key_specs,
     load_config,
     parse_config,
@@ -270,3 +272,40 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "check-config" in capsys.readouterr().out
+
+
+def test_keep_restart_keys_applies_only_live_keys() -> None:
+    running = parse_config({}, {})
+    reloaded = parse_config(
+        {
+            "rebalance": {"drift_threshold": Decimal("0.2")},
+            "database": {"url": "postgresql://elsewhere/db"},
+        },
+        {},
+    )
+    effective = keep_restart_keys(running, reloaded)
+    assert effective.rebalance.drift_threshold == Decimal("0.2")
+    assert effective.database.url == running.database.url
+
+
+def test_runtime_params_accept_our_keys_and_the_seeds() -> None:
+    base = parse_config({}, {})
+    applied = apply_runtime_params(
+        base, {"driftThreshold": Decimal("0.1"), "cooldown_minutes": 5, "slippageTolerance": "0.02"}
+    )
+    assert applied.rebalance.drift_threshold == Decimal("0.1")
+    assert applied.rebalance.cooldown_minutes == 5
+    assert applied.rebalance.slippage_tolerance == Decimal("0.02")
+    assert applied.chain == base.chain
+
+
+def test_bad_runtime_params_name_the_key() -> None:
+    base = parse_config({}, {})
+    with pytest.raises(ConfigError) as info:
+        apply_runtime_params(base, {"driftThreshold": 3, "colour": "blue"})
+    assert info.value.problems == [
+        "system_config.REBALANCING_PARAMS.driftThreshold: must be in (0, 1), got 3",
+        "system_config.REBALANCING_PARAMS.colour: unknown rebalancing parameter",
+    ]
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        apply_runtime_params(base, [1, 2])
