@@ -32,7 +32,7 @@ from daemon.config import (
     keep_restart_keys,
 )
 from daemon.delegation import DelegationFormatError, delegation_from_json
-from daemon.drift import EngineParams
+from daemon.drift import Decision, EngineParams, Holding
 from daemon.executor import Executor, ExecutorSettings
 from daemon.faults import Faults
 from daemon.latest import Latest
@@ -246,6 +246,36 @@ class Daemon:
         if observations:
             await self.db.insert_prices(observations)
 
+    async def record_valuation(
+        self, spec: PortfolioSpec, decision: Decision, holdings: list[Holding]
+    ) -> None:
+        """Store a valuation snapshot; a database hiccup only costs this snapshot."""
+        balances = {h.symbol: h.balance for h in holdings}
+        rows = [
+            dbm.HoldingValue(
+                token_id=self.tokens[d.symbol].id,
+                amount=balances[d.symbol],
+                usd=d.value_usd,
+                weight=d.current_weight,
+                drift=d.drift,
+            )
+            for d in decision.drifts
+            if d.symbol in self.tokens
+        ]
+        if decision.total_usd is None or not rows:
+            return
+        snapshot = dbm.PortfolioSnapshot(
+            portfolio_id=spec.id,
+            total_usd=decision.total_usd,
+            holdings=tuple(rows),
+            max_drift=decision.max_drift,
+            price_source="oracle" if self.config.current.prices.source == "oracle" else "router",
+        )
+        try:
+            await self.db.insert_snapshots([snapshot])
+        except dbm.DatabaseError as exc:
+            get_logger(actor="app").warning("valuation_not_stored", error=str(exc))
+
     def mode_for(self, request: RebalanceRequest) -> ExecutionMode:
         return self.modes[request.portfolio_id]
 
@@ -430,6 +460,7 @@ async def run_daemon(
                 fault=faults.check,
                 alert=daemon.alert,
                 accepting=lambda: daemon.accepting,
+                record_valuation=daemon.record_valuation,
             )
             primary, secondary = price_sources(config, uniswap, http, now)
             async with trio.open_nursery() as nursery:

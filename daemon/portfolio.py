@@ -16,16 +16,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 
 import attrs
 import trio
 from structlog.typing import FilteringBoundLogger
 
 from daemon.cooldown import cooldown_message, cooldown_remaining
-from daemon.drift import EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
+from daemon.drift import Decision, EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
 from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+
+VALUATION_EVERY: Final = 300.0
+"""Seconds between stored valuation snapshots of one portfolio."""
 
 
 @attrs.frozen
@@ -54,6 +58,7 @@ class PortfolioState:
     seen_version: int = 0
     in_flight: bool = False
     evaluations: int = 0
+    last_valuation_at: float | None = None
     trigger: trio.Event = attrs.Factory(trio.Event)
     """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``)."""
 
@@ -81,6 +86,10 @@ class PortfolioDeps:
     alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
     accepting: Callable[[], bool] = lambda: True
     """False while the daemon is stopping: no new rebalance is started."""
+    record_valuation: Callable[[PortfolioSpec, Decision, list[Holding]], Awaitable[None]] | None = (
+        None
+    )
+    """Stores a valuation snapshot (at most every :data:`VALUATION_EVERY` seconds)."""
     fault: Callable[[str, str], None] = lambda point, portfolio: None
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
 
@@ -135,6 +144,7 @@ async def evaluate_portfolio(
     except InvalidPortfolio as exc:
         return _skip(state, log, f"No trade: invalid portfolio: {exc}")
     state.last_max_drift = decision.max_drift
+    await _maybe_record_valuation(spec, state, deps, decision, holdings)
     if decision.max_drift is not None and decision.max_drift > params.high_drift_alert:
         deps.alert(
             "HIGH_DRIFT",
@@ -185,6 +195,24 @@ async def evaluate_portfolio(
         "rebalance_finished", status=outcome.status, tx_hash=outcome.tx_hash, error=outcome.error
     )
     return outcome.status
+
+
+async def _maybe_record_valuation(
+    spec: PortfolioSpec,
+    state: PortfolioState,
+    deps: PortfolioDeps,
+    decision: Decision,
+    holdings: list[Holding],
+) -> None:
+    # Valuations are history for reports, not control: one every few minutes is plenty, and a
+    # failure to store one must not stop the portfolio from being rebalanced.
+    now = trio.current_time()
+    if deps.record_valuation is None or (
+        state.last_valuation_at is not None and now - state.last_valuation_at < VALUATION_EVERY
+    ):
+        return
+    state.last_valuation_at = now
+    await deps.record_valuation(spec, decision, holdings)
 
 
 def _skip(state: PortfolioState, log: FilteringBoundLogger, reason: str, **fields: object) -> str:

@@ -185,6 +185,11 @@ async def test_market_move_is_rebalanced_back_within_threshold(
         # The signed transaction was recorded before broadcast and ended CONFIRMED.
         (intent,) = await db.intents_for_rebalance(row.id)
         assert (intent.status, intent.tx_hash) == ("CONFIRMED", row.transaction_hash)
+        # A valuation snapshot was stored for reports.
+        snapshot = await db.latest_snapshot((await db.portfolio("main")).id)
+        assert snapshot is not None
+        assert snapshot.total_usd > 0
+        assert {h.token_id for h in snapshot.holdings} == {t.id for t in await db.tokens()}
         # The signer key never reaches the database (DESIGN.md §4.8).
         key = devnet.signer_key.reveal()[2:].lower()
         tables = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
