@@ -14,6 +14,8 @@ import functools
 import signal
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
@@ -21,6 +23,7 @@ import httpx
 import trio
 
 from daemon import db as dbm
+from daemon import package_version
 from daemon.alerts import AlertSettings, AlertSink
 from daemon.chain import ChainClient, TxSigner
 from daemon.coingecko import CoinGeckoSource
@@ -31,13 +34,23 @@ from daemon.config import (
     changed_keys,
     keep_restart_keys,
 )
+from daemon.control import (
+    DaemonControls,
+    Probes,
+    collect_metrics,
+    is_alive,
+    run_probes,
+    status_line,
+)
 from daemon.delegation import DelegationFormatError, delegation_from_json
 from daemon.drift import Decision, EngineParams, Holding
 from daemon.executor import Executor, ExecutorSettings
 from daemon.faults import Faults
+from daemon.health import HealthSocketInUse, serve_health
 from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import PricePoint, PriceSnapshot, RebalanceRequest, Token
+from daemon.metrics import Metrics, serve_metrics, slippage_ratio
 from daemon.portfolio import (
     PortfolioDeps,
     PortfolioSpec,
@@ -47,8 +60,12 @@ from daemon.portfolio import (
 )
 from daemon.prices import FeedSettings, OracleSource, PriceSource, RouterSource, run_price_feed
 from daemon.supervise import RestartPolicy, Supervisor
+from daemon.systemd import Notifier, run_watchdog, watchdog_interval
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 from daemon.uniswap import UniswapV2
+
+LEASE_WAIT_EXTEND = 30.0
+"""Seconds of start-up time asked of systemd at each lease wait (a standby is not stuck)."""
 
 
 class StartupError(Exception):
@@ -173,6 +190,14 @@ class Daemon:
     specs: dict[str, PortfolioSpec] = attrs.Factory(dict)
     modes: dict[int, ExecutionMode] = attrs.Factory(dict)
     alerts: AlertSink | None = None
+    metrics: Metrics = attrs.Factory(Metrics)
+    notifier: Notifier = attrs.Factory(lambda: Notifier(None))
+    now: Callable[[], datetime] = utc_now
+    probes: Probes = attrs.Factory(Probes)
+    feed_loop_at: float | None = None
+    """trio.current_time() of the price feed's last attempted tick (liveness)."""
+    last_tick_at: datetime | None = None
+    """When the last snapshot was published."""
     invalid: dict[str, str] = attrs.Factory(dict)
     """Portfolios that cannot run (bad delegation file…), with the reason."""
     started_at: datetime = attrs.Factory(utc_now)
@@ -180,8 +205,33 @@ class Daemon:
     """False once stopping: portfolio actors start no new rebalance."""
 
     def alert(self, kind: str, fields: Mapping[str, object]) -> None:
-        if self.alerts is not None:
-            self.alerts.fire(kind, fields)
+        if self.alerts is not None and self.alerts.fire(kind, fields):
+            self.metrics.alert(kind)
+
+    def price_ticked(self, snapshot: PriceSnapshot | None) -> None:
+        self.feed_loop_at = trio.current_time()
+        source = self.config.current.prices.source
+        if snapshot is None:
+            self.metrics.price_tick_failed(source)
+        else:
+            self.last_tick_at = snapshot.taken_at
+            self.metrics.price_tick(source, snapshot.taken_at.timestamp())
+
+    def rebalance_finished(self, request: RebalanceRequest, result: dbm.RebalanceOutcome) -> None:
+        expected = actual = 0
+        for leg in result.expected_outputs or ():
+            if leg.get("actual_out") is not None:
+                expected += int(leg["quoted_out"])
+                actual += int(leg["actual_out"])
+        traded = sum((leg.usd for leg in request.plan.legs), Decimal(0))
+        self.metrics.rebalance_finished(
+            request.portfolio_name,
+            result.status,
+            execution_ms=result.execution_time_ms,
+            gas_usd=result.gas_cost_usd,
+            traded_usd=traded if result.status == "SUCCESS" else None,
+            slippage=slippage_ratio(expected, actual) if expected else None,
+        )
 
     async def drain(self, grace: float) -> None:
         """Stop taking new rebalances and give an in-flight one up to ``grace`` seconds to
@@ -193,12 +243,17 @@ class Daemon:
     def reload(self, load: Callable[[], Config]) -> bool:
         """SIGHUP: re-read file and environment; on any error keep the running config."""
         log = get_logger(actor="app")
+        self.notifier.reloading()
         try:
             applied = self.config.reload_base(load())
         except ConfigError as exc:
             self.config.last_reload_error = "; ".join(exc.problems)
             log.error("config_reload_failed", problems=exc.problems)
+            self.metrics.config_reloaded(ok=False, generation=self.config.generation)
             return False
+        finally:
+            self.notifier.ready()
+        self.metrics.config_reloaded(ok=True, generation=self.config.generation)
         log.info(
             "config_reloaded",
             generation=self.config.generation,
@@ -388,6 +443,30 @@ def price_sources(
     return primary, (other if config.prices.cross_check else None)
 
 
+async def start_operator_interfaces(
+    nursery: trio.Nursery, daemon: Daemon, config: Config, env: Mapping[str, str]
+) -> None:
+    """The health/control socket, the optional metrics listener and the systemd watchdog."""
+    if config.health.socket:
+        socket_dir = Path(config.health.socket).parent
+        try:
+            socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"health.socket: cannot create {socket_dir}: {exc.strerror} (under systemd "
+                "RuntimeDirectory=driftd provides it; otherwise choose a writable path)"
+            ) from None
+        try:
+            await nursery.start(serve_health, config.health.socket, DaemonControls(daemon))
+        except HealthSocketInUse as exc:
+            raise StartupError(f"health.socket: {exc}") from None
+    if config.health.metrics_listen:
+        await nursery.start(serve_metrics, config.health.metrics_listen, daemon.metrics.render)
+    interval = watchdog_interval(env)
+    if interval is not None:
+        await nursery.start(run_watchdog, daemon.notifier, lambda: is_alive(daemon), interval)
+
+
 async def run_daemon(
     config: Config,
     *,
@@ -445,10 +524,19 @@ async def run_daemon(
                     settings=lambda: executor_settings(holder.current),
                     fault=faults.check,
                     alert=lambda kind, fields: daemon.alert(kind, fields),
+                    on_finished=lambda request, result: daemon.rebalance_finished(request, result),
+                    on_waiting=lambda: _extend_start_timeout(daemon),
                 ),
                 requests=send,
                 faults=faults,
                 alerts=AlertSink(lambda: alert_settings(holder.current), now),
+                metrics=Metrics(
+                    version=package_version(),
+                    now=lambda: now().timestamp(),
+                    on_collect=lambda metrics: collect_metrics(daemon)(metrics),
+                ),
+                notifier=Notifier.from_env(env or {}),
+                now=now,
             )
             await daemon.refresh_tokens()
             deps = PortfolioDeps(
@@ -481,10 +569,13 @@ async def run_daemon(
                             max_divergence=holder.current.prices.max_divergence,
                         ),
                         now=now,
+                        on_tick=daemon.price_ticked,
                     )
                 )
                 await nursery.start(supervisor.run)
                 await nursery.start(watch_portfolios, daemon, deps)
+                await nursery.start(run_probes, daemon)
+                await start_operator_interfaces(nursery, daemon, config, env or {})
                 log.info(
                     "daemon_started",
                     signer=signer.address,
@@ -518,6 +609,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             daemon: Daemon = await nursery.start(functools.partial(run_daemon, config, env=env))
             task_status.started(daemon)
+            nursery.start_soon(_ready_after_first_snapshot, daemon)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if load is None:
@@ -526,10 +618,22 @@ async def serve(
                         daemon.reload(load)
                     continue
                 log.info("stopping", signal=signal.Signals(signum).name)
+                daemon.notifier.stopping()
                 await daemon.drain(daemon.config.current.execution.shutdown_grace)
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
+
+
+def _extend_start_timeout(daemon: Daemon) -> None:
+    daemon.notifier.extend_timeout(LEASE_WAIT_EXTEND)
+
+
+async def _ready_after_first_snapshot(daemon: Daemon) -> None:
+    """READY=1 once every actor runs and the first price snapshot is in."""
+    await daemon.snapshots.wait_newer(0)
+    daemon.notifier.ready(status_line(daemon))
+    get_logger(actor="app").info("ready")
 
 
 def leaf_exceptions(exc: BaseException) -> list[BaseException]:

@@ -157,6 +157,12 @@ class Executor:
     """Set from the signer lease when :meth:`run` starts."""
     holder: str = attrs.field(factory=this_process)
     alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
+    on_finished: Callable[[RebalanceRequest, dbm.RebalanceOutcome], None] = attrs.field(
+        default=lambda request, result: None
+    )
+    """Hears every finished attempt (metrics)."""
+    on_waiting: Callable[[], None] = lambda: None
+    """Called while waiting for the signer lease (a standby tells systemd it is not stuck)."""
     fault: Callable[[str], None] = lambda point: None
     """Test hook: raises (or kills the process) at named points: ``after_intent``,
     ``after_broadcast``."""
@@ -220,6 +226,7 @@ class Executor:
                 self._log.warning(
                     "signer_lease_held", holder=exc.holder, expires_at=exc.expires_at.isoformat()
                 )
+                self.on_waiting()
                 await trio.sleep(LEASE_RENEW_SECONDS)
 
     async def _keep_lease(self, lease: dbm.SignerLease) -> NoReturn:
@@ -255,6 +262,7 @@ class Executor:
         result = attrs.evolve(result, execution_time_ms=elapsed_ms)
         await self.db.finish_rebalance(rebalance_id, result)
         self.status.handled += 1
+        self.on_finished(request, result)
         log.info(
             "rebalance_logged",
             rebalance_id=rebalance_id,

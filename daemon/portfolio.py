@@ -61,6 +61,8 @@ class PortfolioState:
     last_valuation_at: float | None = None
     trigger: trio.Event = attrs.Factory(trio.Event)
     """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``)."""
+    evaluated: trio.Event = attrs.Factory(trio.Event)
+    """Set (and replaced) after each evaluation, including any rebalance it started."""
 
 
 @attrs.frozen
@@ -113,7 +115,11 @@ async def run_portfolio_actor(
 
             nursery.start_soon(newer_snapshot)
             nursery.start_soon(triggered)
-        await evaluate_portfolio(spec, state, deps)
+        try:
+            await evaluate_portfolio(spec, state, deps)
+        finally:
+            done, state.evaluated = state.evaluated, trio.Event()
+            done.set()
 
 
 async def evaluate_portfolio(

@@ -90,9 +90,13 @@ async def run_price_feed(
     snapshots: Latest[PriceSnapshot],
     settings: Callable[[], FeedSettings],
     now: Callable[[], datetime],
+    on_tick: Callable[[PriceSnapshot | None], None] = lambda snapshot: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Poll forever. ``started()`` after the first tick was attempted (success or not)."""
+    """Poll forever. ``started()`` after the first tick was attempted (success or not).
+
+    ``on_tick`` hears about every attempt: the published snapshot, or None when it failed
+    (liveness and metrics)."""
     log = get_logger(actor="price_feed", source=primary.name)
     started = False
     while True:
@@ -104,11 +108,14 @@ async def run_price_feed(
         except RateLimited as exc:
             log.warning("price_source_rate_limited", retry_after=exc.retry_after)
             wait = max(wait, exc.retry_after)
+            on_tick(None)
         except PriceSourceError as exc:
             log.warning("price_tick_failed", error=str(exc))
+            on_tick(None)
         else:
             await store(list(snapshot.prices.values()))
             snapshots.publish(snapshot)
+            on_tick(snapshot)
             log.info(
                 "price_tick",
                 tokens=len(snapshot.prices),
