@@ -100,13 +100,14 @@ def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _registrars() -> list[Callable[[Subparsers], None]]:
     """Subsystems that add subcommands."""
-    from daemon import cli_control, cli_db, cli_delegation
+    from daemon import cli_control, cli_db, cli_delegation, cli_demo
     from daemon.registration import verify_portfolio_delegations
 
     return [
         functools.partial(cli_db.register, verify_delegation=verify_portfolio_delegations),
         cli_delegation.register,
         cli_control.register,
+        cli_demo.register,
     ]
 
 

@@ -61,6 +61,8 @@ TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
 GAS_LIMIT_MARGIN: Final = Decimal("1.25")
 """Estimated gas × this: estimates are exact for the state they ran on, blocks move on."""
 RECEIPT_POLL_SECONDS: Final = 0.25
+NONCE_CONSUMED_GRACE: Final = 5.0
+"""Seconds a used nonce must go without a receipt of ours before it counts as taken."""
 GAS_HISTORY: Final = 20
 GAS_HISTORY_MIN: Final = 3
 """Rebalances of a kind seen before their median serves as the expected gas cost."""
@@ -507,15 +509,11 @@ class Executor:
             await self.chain.send_raw_transaction(signed)
         except RpcError as exc:
             message = exc.message.lower()
-            if "nonce too low" in message or "nonce is too low" in message:
-                # Mined already (ours: the receipt wait finds it) or used by someone else.
-                if await self._mined_receipt(hashes) is None:
-                    await self.db.mark_intent(intent.id, "DROPPED", error="nonce consumed")
-                    raise NonceConsumed(
-                        f"nonce {intent.nonce} was used by a transaction that is not ours"
-                    ) from None
-                return
-            if "underpriced" not in message and "already known" not in message:
+            too_low = "nonce too low" in message or "nonce is too low" in message
+            # "nonce too low": ours was mined already (a retried send after the first landed)
+            # or someone else used the nonce; the receipt wait tells which. "underpriced" and
+            # "already known": a version of ours is in the pool.
+            if not too_low and "underpriced" not in message and "already known" not in message:
                 raise
         if intent.status == "SIGNED":
             await self.db.mark_intent(intent.id, "BROADCAST")
@@ -528,6 +526,7 @@ class Executor:
         return None
 
     async def _wait_mined(self, hashes: Mapping[str, int], nonce: int) -> Receipt:
+        consumed_since: float | None = None
         while True:
             found = await self._mined_receipt(hashes)
             if found is not None:
@@ -543,7 +542,13 @@ class Executor:
                 )
                 return receipt
             latest_nonce = await self.chain.get_transaction_count(self.signer.address, "latest")
-            if latest_nonce > nonce and await self._mined_receipt(hashes) is None:
+            if latest_nonce <= nonce:
+                consumed_since = None
+            elif consumed_since is None:
+                consumed_since = trio.current_time()
+            elif trio.current_time() - consumed_since > NONCE_CONSUMED_GRACE:
+                # The nonce has been used for a while and none of our hashes has a receipt:
+                # a node can report the nonce before it serves the receipt, hence the grace.
                 for intent_id in hashes.values():
                     await self.db.mark_intent(intent_id, "DROPPED", error="nonce consumed")
                 raise NonceConsumed(f"nonce {nonce} was used by a transaction that is not ours")

@@ -260,6 +260,9 @@ class PostgresServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_set_parent_death_signal,  # runs after the setuid
+                # Its own process group: a terminal's Ctrl-C must reach us, not the server,
+                # so we can still read the database while shutting down in order.
+                process_group=0,
                 user=user,
                 group=group,
                 extra_groups=extra_groups,
