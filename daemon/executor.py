@@ -374,8 +374,7 @@ class Executor:
             receipts.append(await self._send_call(call, rebalance_id, settings, log))
             if not receipts[-1].succeeded:
                 break
-        gas_used = sum(r.gas_used for r in receipts)
-        gas_wei = sum(r.gas_used * r.effective_gas_price for r in receipts)
+        gas_used, gas_wei = gas_totals(receipts)
         native_usd = request.prices.get(settings.native_price_symbol)
         gas_usd = None if native_usd is None else from_base_units(gas_wei, 18) * native_usd
         actual = _actual_outputs(receipts, swap_legs, mode.holder)
@@ -612,8 +611,7 @@ def _recovered_outcome(
             error="interrupted before any transaction was mined; nothing was traded",
         )
     last = receipts[-1]
-    gas_used = sum(r.gas_used for r in receipts)
-    gas_wei = sum(r.gas_used * r.effective_gas_price for r in receipts)
+    gas_used, gas_wei = gas_totals(receipts)
     if not all(r.succeeded for r in receipts):
         return dbm.RebalanceOutcome(
             status="FAILED",
@@ -628,6 +626,14 @@ def _recovered_outcome(
         gas_used=gas_used,
         gas_cost_wei=gas_wei,
         error="settled after a restart",
+    )
+
+
+def gas_totals(receipts: Sequence[Receipt]) -> tuple[int, int]:
+    """Gas used and its cost in wei over an attempt's transactions."""
+    return (
+        sum(r.gas_used for r in receipts),
+        sum(r.gas_used * r.effective_gas_price for r in receipts),
     )
 
 

@@ -8,7 +8,6 @@ process, or as a `driftd run` subprocess) and moves the market with real swaps.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,6 +27,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
+from daemon.demo_setup import write_toml as write_demo_toml
 from daemon.devnet import Devnet, SmartAccount, devnet_key, fund, set_eth_balance
 from daemon.drift import Holding, evaluate
 from daemon.txbuild import SwapLeg, WalletMode
@@ -70,17 +70,8 @@ def daemon_config(devnet: Devnet, db_config: DatabaseConfig, **overrides: Any) -
 
 
 def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
-    lines: list[str] = []
-    for section, values in document.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, int | float | Decimal):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f"{key} = {json.dumps(str(value))}")
-    path.write_text("\n".join(lines) + "\n")
+    """The demo's TOML writer (one implementation), returning the path for chaining."""
+    write_demo_toml(path, document)
     return path
 
 
