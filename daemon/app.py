@@ -25,6 +25,7 @@ import trio
 from daemon import db as dbm
 from daemon import package_version
 from daemon.alerts import AlertSettings, AlertSink
+from daemon.balances import BalanceBatcher
 from daemon.chain import ChainClient, TxSigner
 from daemon.coingecko import CoinGeckoSource
 from daemon.config import (
@@ -539,9 +540,11 @@ async def run_daemon(
                 now=now,
             )
             await daemon.refresh_tokens()
+            # Every actor's balance reads in a few JSON-RPC batches per tick, not one each.
+            batcher = BalanceBatcher(chain, max_calls=config.chain.max_batch_calls)
             deps = PortfolioDeps(
                 snapshots=snapshots,
-                read_balances=chain.balances,
+                read_balances=batcher.read,
                 executor=send,
                 params=lambda: runtime_params(holder.current),
                 now=now,
@@ -573,6 +576,7 @@ async def run_daemon(
                     )
                 )
                 await nursery.start(supervisor.run)
+                await nursery.start(batcher.run)
                 await nursery.start(watch_portfolios, daemon, deps)
                 await nursery.start(run_probes, daemon)
                 await start_operator_interfaces(nursery, daemon, config, env or {})

@@ -269,6 +269,13 @@ class ChainConfig:
     max_retries: int = setting(
         4, _int, "Retries of a transient RPC failure before it is reported.", check=_non_negative
     )
+    max_batch_calls: int = setting(
+        500,
+        _int,
+        "Most eth_calls in one JSON-RPC batch (portfolios' balance reads are coalesced into "
+        "batches; some hosted nodes accept fewer).",
+        check=_at_least(1),
+    )
 
 
 @attrs.frozen
