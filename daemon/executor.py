@@ -256,6 +256,13 @@ class Executor:
         self.status.begin()
         try:
             result = await self._execute(request, rebalance_id, log)
+        except NonceConsumed as exc:
+            # Someone else signs with our key: our nonce count is no longer ours to trust.
+            log.error("nonce_consumed_by_another_sender", error=str(exc))
+            self.status.next_nonce = await self.chain.get_transaction_count(
+                self.signer.address, "pending"
+            )
+            result = dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
         except (RebalanceAborted, ChainError, NoRoute, ValueError) as exc:
             result = dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
         finally:

@@ -40,7 +40,7 @@ from http_server import Request, Response, loopback_http
 
 from daemon import db as dbm
 from daemon.app import Daemon, run_daemon
-from daemon.chain import ChainClient
+from daemon.chain import ChainClient, TxRequest, TxSigner
 from daemon.config import DatabaseConfig
 from daemon.devnet import (
     Devnet,
@@ -556,3 +556,53 @@ async def test_sigint_stops_the_daemon_cleanly(
         text = log_file.read_text()
         assert '"event": "stopped"' in text
         assert devnet.signer_key.reveal()[2:] not in text  # the key never reaches a log line
+
+
+async def test_a_nonce_taken_by_another_sender_fails_the_attempt_without_a_second_trade(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    """Someone else signs with the daemon's key and their transaction takes our nonce: the
+    attempt ends FAILED, our signed versions are DROPPED, and the executor re-reads its nonce."""
+    overrides = {"execution": {"receipt_timeout": 60}}
+    with trio.fail_after(90):
+        await setup_portfolio(chain, devnet, db_config, tmp_path, **overrides)
+        await move_price(chain, devnet, "WETH", Decimal("1.3"))
+        await evm_set_automine(chain, False)
+        try:
+            async with running_daemon(devnet, db_config, **overrides) as daemon:
+
+                async def broadcast() -> list[dbm.TxIntent]:
+                    return await db.intents_by_status("BROADCAST")
+
+                (ours,) = await wait_for(broadcast, "our transaction in the pool")
+                # The intruder replaces it: same nonce, much higher fees, a harmless self-send.
+                intruder = TxSigner(key=devnet.signer_key)
+                fees = await chain.fee_data()
+                theirs = intruder.sign(
+                    TxRequest(
+                        to=devnet.signer,
+                        data=b"",
+                        nonce=ours.nonce,
+                        gas=21_000,
+                        max_fee_per_gas=(ours.max_fee_per_gas or 0) * 3 + fees.max_fee(),
+                        max_priority_fee_per_gas=(ours.max_priority_fee_per_gas or 0) * 3 + 1,
+                        chain_id=devnet.chain_id,
+                    )
+                )
+                await chain.send_raw_transaction(theirs)
+                await evm_mine(chain)
+                (row,) = await wait_for(lambda: finished_rows(db, "main"), "the verdict")
+                assert daemon.executor.status.next_nonce == ours.nonce + 1
+        finally:
+            await evm_set_automine(chain, True)
+        assert row.status == "FAILED"
+        assert "not ours" in (row.error or "")
+        statuses = {i.status for i in await db.intents_for_rebalance(row.id)}
+        assert statuses == {"DROPPED"}
+        receipt = await chain.get_transaction_receipt(theirs.hash)
+        assert receipt is not None
+        assert await chain.get_transaction_receipt(ours.tx_hash) is None
