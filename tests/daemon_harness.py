@@ -8,7 +8,10 @@ process, or as a `driftd run` subprocess) and moves the market with real swaps.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -73,6 +76,32 @@ def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
     """The demo's TOML writer (one implementation), returning the path for chaining."""
     write_demo_toml(path, document)
     return path
+
+
+@asynccontextmanager
+async def driftd_process(
+    config_path: Path, env: Mapping[str, str], log_file: Path
+) -> AsyncIterator[trio.Process]:
+    """`driftd run` as a real process, output in ``log_file``; on leaving the block a process
+    still running is stopped (SIGTERM, then SIGKILL), so no test leaves a daemon behind."""
+    with log_file.open("wb") as output:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "daemon", "--config", str(config_path), "run"],
+            env=dict(env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(10):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
 
 
 async def run_cli(argv: list[str], config_path: Path, env: Mapping[str, str]) -> int:

@@ -10,8 +10,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +26,7 @@ from daemon_harness import (
     Clock,
     daemon_config,
     daemon_document,
+    driftd_process,
     fund_to_targets,
     move_price,
     portfolio_drift,
@@ -348,23 +347,9 @@ async def test_sigkill_around_broadcast_never_double_trades(
 
 
 async def run_driftd(config_path: Path, env: dict[str, str], log_file: Path) -> int:
-    """`driftd run` as a real process; returns its exit status (negative: killed by signal)."""
-    with log_file.open("wb") as output:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "daemon", "--config", str(config_path), "run"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            return await process.wait()
-        finally:
-            if process.returncode is None:
-                process.terminate()
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
+    """`driftd run` until it exits; its exit status (negative: killed by that signal)."""
+    async with driftd_process(config_path, env, log_file) as process:
+        return await process.wait()
 
 
 async def test_stuck_transaction_is_replaced_with_higher_fees_and_mined_once(
@@ -539,13 +524,7 @@ async def test_sigint_stops_the_daemon_cleanly(
         config_path = write_toml(tmp_path / "daemon.toml", daemon_document(devnet, db_config))
         env = {**os.environ, "DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
         log_file = tmp_path / "daemon.log"
-        with log_file.open("wb") as output:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "daemon", "--config", str(config_path), "run"],
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        async with driftd_process(config_path, env, log_file) as process:
 
             async def started() -> bool:
                 return "daemon_started" in log_file.read_text()

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import trio
 import trio.testing
-from daemon_harness import daemon_document, move_price, portfolio_drift, write_toml
+from daemon_harness import daemon_document, driftd_process, move_price, portfolio_drift, write_toml
 from http_server import Request, Response, loopback_http
 from test_daemon import (
     TARGETS,
@@ -206,13 +204,7 @@ async def test_sigterm_with_a_pending_transaction_exits_0_and_the_next_start_set
         await evm_set_automine(chain, False)
         try:
             log_file = tmp_path / "first.log"
-            with log_file.open("wb") as output:
-                process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "daemon", "--config", str(path), "run"],
-                    env=env,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                )
+            async with driftd_process(path, env, log_file) as process:
                 await wait_for(lambda: _has_intent(db, "BROADCAST"), "a broadcast transaction")
                 process.send_signal(signal.SIGTERM)
                 assert await process.wait() == 0, log_file.read_text()
