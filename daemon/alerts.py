@@ -1,6 +1,9 @@
 """Alerts: a structured log event always, a webhook POST when configured, repeats suppressed.
 
-Kinds: ``HIGH_DRIFT``, ``REBALANCE_FAILED``, ``HIGH_GAS_COST``, ``PRICE_STALE``, ``ACTOR_PARKED``.
+Kinds: ``HIGH_DRIFT``, ``REBALANCE_FAILED``, ``REBALANCE_PARTIAL``, ``HIGH_GAS_COST``,
+``PRICE_STALE``, ``ACTOR_PARKED``, ``SIGNER_BLOCKED`` (a transaction the node will not take:
+trading paused for the signer), ``TX_STUCK`` (a transaction unsettled past
+``execution.stuck_after``), ``NONCE_CONSUMED`` (another sender used the signer's nonce).
 The same kind for the same portfolio fires once per ``alerts.repeat_window``.
 
 Why a queue and a separate sender: trading must never wait on a webhook. :meth:`AlertSink.fire`
@@ -25,7 +28,17 @@ import trio
 from daemon.logs import get_logger
 
 ALERT_KINDS: Final = frozenset(
-    {"HIGH_DRIFT", "REBALANCE_FAILED", "HIGH_GAS_COST", "PRICE_STALE", "ACTOR_PARKED"}
+    {
+        "HIGH_DRIFT",
+        "REBALANCE_FAILED",
+        "REBALANCE_PARTIAL",
+        "HIGH_GAS_COST",
+        "PRICE_STALE",
+        "ACTOR_PARKED",
+        "SIGNER_BLOCKED",
+        "TX_STUCK",
+        "NONCE_CONSUMED",
+    }
 )
 QUEUE_SIZE: Final = 100
 WEBHOOK_ATTEMPTS: Final = 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +26,7 @@ from daemon import db as dbm
 from daemon import package_version
 from daemon.alerts import AlertSettings, AlertSink
 from daemon.balances import BalanceBatcher
-from daemon.chain import ChainClient, TxSigner
+from daemon.chain import ChainClient, TxSigner, to_address
 from daemon.coingecko import CoinGeckoSource
 from daemon.config import (
     Config,
@@ -57,16 +57,22 @@ from daemon.portfolio import (
     PortfolioSpec,
     PortfolioState,
     RuntimeParams,
+    failure_backoff,
+    record_outcome,
     run_portfolio_actor,
 )
 from daemon.prices import FeedSettings, OracleSource, PriceSource, RouterSource, run_price_feed
 from daemon.supervise import RestartPolicy, Supervisor
 from daemon.systemd import Notifier, run_watchdog, watchdog_interval
+from daemon.transactions import LifecycleSettings
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 from daemon.uniswap import UniswapV2
 
 LEASE_WAIT_EXTEND = 30.0
 """Seconds of start-up time asked of systemd at each lease wait (a standby is not stuck)."""
+DB_RETRY_INITIAL = 0.5
+DB_RETRY_MAX = 30.0
+"""Seconds: backoff of a watcher's database work during an outage (doubling, capped)."""
 
 
 class StartupError(Exception):
@@ -147,13 +153,18 @@ def executor_settings(config: Config) -> ExecutorSettings:
         slippage=config.rebalance.slippage_tolerance,
         price_impact_cap=config.rebalance.price_impact_threshold,
         dry_run=execution.dry_run,
-        receipt_timeout=execution.receipt_timeout,
-        fee_bump=execution.fee_bump,
-        max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
         deadline_seconds=execution.deadline_seconds,
         native_price_symbol=execution.gas_price_symbol,
         gas_alert_factor=config.alerts.gas_cost_factor,
         expected_gas_cost_usd=config.alerts.expected_gas_cost_usd,
+        max_price_age=config.prices.max_age,
+        stuck_after=execution.stuck_after,
+        lifecycle=LifecycleSettings(
+            max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
+            fee_bump=execution.fee_bump,
+            receipt_timeout=execution.receipt_timeout,
+            poll_interval=execution.poll_interval,
+        ),
     )
 
 
@@ -201,9 +212,14 @@ class Daemon:
     """When the last snapshot was published."""
     invalid: dict[str, str] = attrs.Factory(dict)
     """Portfolios that cannot run (bad delegation file…), with the reason."""
+    not_ours: dict[str, str] = attrs.Factory(dict)
+    """Active portfolios delegated to another daemon's signer (by name → that delegate)."""
     started_at: datetime = attrs.Factory(utc_now)
     accepting: bool = True
     """False once stopping: portfolio actors start no new rebalance."""
+    db_failing: set[str] = attrs.Factory(set)
+    """Database-backed duties failing right now (each logged once per outage; health reports
+    the outage through the database probe)."""
 
     def alert(self, kind: str, fields: Mapping[str, object]) -> None:
         if self.alerts is not None and self.alerts.fire(kind, fields):
@@ -218,19 +234,36 @@ class Daemon:
             self.last_tick_at = snapshot.taken_at
             self.metrics.price_tick(source, snapshot.taken_at.timestamp())
 
-    def rebalance_finished(self, request: RebalanceRequest, result: dbm.RebalanceOutcome) -> None:
+    def rebalance_finished(
+        self, portfolio_id: int, portfolio: str, result: dbm.RebalanceOutcome
+    ) -> None:
+        """Every finished attempt, live or recovered: the portfolio's clocks, then metrics.
+
+        The clocks are set here rather than by the actor that asked, so an attempt whose actor
+        was restarted meanwhile still starts the cooldown (DESIGN.md §4.9)."""
+        name = next((n for n, s in self.specs.items() if s.id == portfolio_id), portfolio)
+        actor = self.supervisor.actors.get(name)
+        execution = self.config.current.execution
+        if actor is not None:
+            record_outcome(
+                actor.state,
+                result.status,
+                self.now(),
+                backoff=execution.failure_backoff,
+                backoff_max=execution.failure_backoff_max,
+            )
         expected = actual = 0
         for leg in result.expected_outputs or ():
             if leg.get("actual_out") is not None:
                 expected += int(leg["quoted_out"])
                 actual += int(leg["actual_out"])
-        traded = sum((leg.usd for leg in request.plan.legs), Decimal(0))
+        traded = sum((Decimal(leg["usd"]) for leg in result.token_amounts or ()), Decimal(0))
         self.metrics.rebalance_finished(
-            request.portfolio_name,
+            name,
             result.status,
             execution_ms=result.execution_time_ms,
             gas_usd=result.gas_cost_usd,
-            traded_usd=traded if result.status == "SUCCESS" else None,
+            traded_usd=traded if result.status == "SUCCESS" and traded else None,
             slippage=slippage_ratio(expected, actual) if expected else None,
         )
 
@@ -281,13 +314,33 @@ class Daemon:
         return {symbol: message_token(token) for symbol, token in self.tokens.items()}
 
     async def refresh_tokens(self) -> None:
-        self.tokens = {token.symbol: token for token in await self.db.tokens()}
+        chain_id = self.config.current.chain.chain_id
+        self.tokens = {token.symbol: token for token in await self.db.tokens(chain_id)}
+
+    def _db_duty_failed(self, event: str, exc: dbm.DatabaseError) -> None:
+        """Log a database-backed duty's failure once per outage, not once per tick."""
+        if event not in self.db_failing:
+            self.db_failing.add(event)
+            get_logger(actor="app").warning(event, error=str(exc))
+
+    def _db_duty_ok(self, event: str) -> None:
+        if event in self.db_failing:
+            self.db_failing.discard(event)
+            get_logger(actor="app").info("database_duty_resumed", after=event)
 
     async def load_tokens(self) -> list[Token]:
-        await self.refresh_tokens()
+        """The registered tokens; while the database is unreachable, the last ones read."""
+        try:
+            await self.refresh_tokens()
+        except dbm.DatabaseError as exc:
+            self._db_duty_failed("tokens_not_refreshed", exc)
+        else:
+            self._db_duty_ok("tokens_not_refreshed")
         return list(self.message_tokens().values())
 
     async def store_prices(self, points: list[PricePoint]) -> None:
+        """Store the tick's prices; while the database is unreachable they are not stored (the
+        feed publishes its snapshots anyway: trading needs the database for other reasons)."""
         observations = [
             dbm.PriceObservation(
                 token_id=self.tokens[p.symbol].id,
@@ -299,8 +352,14 @@ class Daemon:
             for p in points
             if p.symbol in self.tokens
         ]
-        if observations:
+        if not observations:
+            return
+        try:
             await self.db.insert_prices(observations)
+        except dbm.DatabaseError as exc:
+            self._db_duty_failed("prices_not_stored", exc)
+        else:
+            self._db_duty_ok("prices_not_stored")
 
     async def record_valuation(
         self, spec: PortfolioSpec, decision: Decision, holdings: list[Holding]
@@ -343,9 +402,13 @@ class Daemon:
             delegation_from_json(item, f"delegation[{i}]")
             for i, item in enumerate(portfolio.delegation)
         ]
-        return DelegationMode.from_signed(
+        mode = DelegationMode.from_signed(
             delegations, router=config.chain.router, enforcers=config.delegation
         )
+        delegate = to_address(mode.delegations.swap.delegate)
+        if delegate != self.signer.address:
+            raise OtherSigner(delegate)
+        return mode
 
     def spec_of(self, portfolio: dbm.Portfolio) -> PortfolioSpec:
         wallet = self.config.current.execution.mode == "wallet"
@@ -358,20 +421,40 @@ class Daemon:
         )
 
 
+class OtherSigner(Exception):
+    """The portfolio is delegated to another daemon's signer: that daemon runs it, not us."""
+
+    def __init__(self, delegate: str) -> None:
+        super().__init__(f"delegated to {delegate}")
+        self.delegate = delegate
+
+
 async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
-    """Make the running actors match the active portfolios in the database."""
+    """Make the running actors match the active portfolios in the database (of this chain, and
+    delegated to this daemon's signer: several daemons may share one database)."""
     log = get_logger(actor="app")
     await daemon.refresh_tokens()
-    active = {p.name: p for p in await daemon.db.active_portfolios()}
+    chain_id = daemon.config.current.chain.chain_id
+    active = {p.name: p for p in await daemon.db.active_portfolios(chain_id)}
     for name in list(daemon.specs):
         if name not in active:
             daemon.supervisor.stop(name)
             del daemon.specs[name]
             log.info("portfolio_stopped", portfolio=name)
     last_success = await daemon.db.last_successful_rebalances()
+    failures = await daemon.db.failure_streaks()
+    execution = daemon.config.current.execution
     for name, portfolio in active.items():
         try:
             mode = daemon.build_mode(portfolio)
+        except OtherSigner as exc:
+            if name in daemon.specs:
+                daemon.supervisor.stop(name)
+                del daemon.specs[name]
+            if daemon.not_ours.get(name) != exc.delegate:
+                log.info("portfolio_of_another_signer", portfolio=name, delegate=exc.delegate)
+            daemon.not_ours[name] = exc.delegate
+            continue
         except (DelegationFormatError, ValueError) as exc:
             if daemon.invalid.get(name) != str(exc):
                 log.error("portfolio_invalid", portfolio=name, error=str(exc))
@@ -384,14 +467,31 @@ async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
         spec = daemon.spec_of(portfolio)
         daemon.modes[portfolio.id] = mode
         actor = functools.partial(_portfolio_actor, spec, deps)
+        daemon.not_ours.pop(name, None)
         if name not in daemon.specs:
-            # The cooldown clock is seeded from rebalance_log: it survives process restarts.
-            seeded = PortfolioState(last_success_at=last_success.get(portfolio.id))
+            # The cooldown clock and the failure backoff are seeded from rebalance_log and the
+            # pause from the portfolio row: all survive process restarts.
+            seeded = PortfolioState(
+                last_success_at=last_success.get(portfolio.id), paused=portfolio.is_paused
+            )
+            if portfolio.id in failures:
+                count, last_failed = failures[portfolio.id]
+                seeded.failures = count
+                seeded.retry_at = last_failed + failure_backoff(
+                    count, execution.failure_backoff, execution.failure_backoff_max
+                )
             daemon.supervisor.start(name, actor, seeded)
             log.info("portfolio_started", portfolio=name, account=spec.account)
-        elif daemon.specs[name] != spec:
-            daemon.supervisor.restart(name, actor)
-            log.info("portfolio_changed", portfolio=name)
+        else:
+            state = daemon.supervisor.actors[name].state
+            if state.paused != portfolio.is_paused:
+                state.paused = portfolio.is_paused
+                log.info(
+                    "portfolio_paused" if state.paused else "portfolio_resumed", portfolio=name
+                )
+            if daemon.specs[name] != spec:
+                daemon.supervisor.restart(name, actor)
+                log.info("portfolio_changed", portfolio=name)
         daemon.specs[name] = spec
 
 
@@ -399,16 +499,38 @@ async def _portfolio_actor(spec: PortfolioSpec, deps: PortfolioDeps, state: Port
     await run_portfolio_actor(spec, state, deps)
 
 
+async def retry_database(work: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``work`` until it succeeds. A database error is logged and retried with capped
+    exponential backoff, never raised: an outage must not end the process (the probes report
+    it in health)."""
+    log = get_logger(actor="app")
+    delay = DB_RETRY_INITIAL
+    failures = 0
+    while True:
+        try:
+            await work()
+        except dbm.DatabaseError as exc:
+            failures += 1
+            log.warning(f"{what}_failed", error=str(exc), attempt=failures, retry_in=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX)
+            continue
+        if failures:
+            log.info(f"{what}_recovered", attempts=failures + 1)
+        return
+
+
 async def watch_runtime_params(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> NoReturn:
-    """Apply REBALANCING_PARAMS at start and whenever it changes (LISTEN/NOTIFY)."""
+    """Apply REBALANCING_PARAMS at start and whenever it changes (LISTEN/NOTIFY). The listener
+    reconnects by itself after an outage and then says ``resync``: reload."""
     async with daemon.db.listen(dbm.SYSTEM_CONFIG_CHANNEL) as notifications:
         await daemon.load_runtime_params()
         task_status.started()
         async for note in notifications:
             if note.resync or note.payload == dbm.REBALANCING_PARAMS:
-                await daemon.load_runtime_params()
+                await retry_database(daemon.load_runtime_params, "runtime_params_reload")
     raise RuntimeError("the system_config notification stream ended")
 
 
@@ -418,12 +540,15 @@ async def watch_portfolios(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Reconcile at start and whenever a portfolio, its allocations or tokens change."""
+    """Reconcile at start and whenever a portfolio, its allocations or tokens change (after an
+    outage the reconnected listener says ``resync``, which reconciles too)."""
     async with daemon.db.listen(dbm.PORTFOLIO_CHANNEL) as notifications:
         await reconcile_portfolios(daemon, deps)
         task_status.started()
         async for _note in notifications:
-            await reconcile_portfolios(daemon, deps)
+            await retry_database(
+                functools.partial(reconcile_portfolios, daemon, deps), "portfolio_reconcile"
+            )
     raise RuntimeError("the portfolio notification stream ended")
 
 
@@ -492,7 +617,9 @@ async def run_daemon(
         if applied:
             log.info("migrations_applied", versions=[m.version for m in applied])
         async with ChainClient(config.chain) as chain, httpx.AsyncClient(timeout=10) as http:
-            quote = next((t for t in await database.tokens() if t.is_quote), None)
+            quote = next(
+                (t for t in await database.tokens(config.chain.chain_id) if t.is_quote), None
+            )
             uniswap = UniswapV2(chain, config.chain.router, quote.address if quote else None)
             snapshots: Latest[PriceSnapshot] = Latest()
             supervisor: Supervisor[PortfolioState] = Supervisor(
@@ -523,9 +650,13 @@ async def run_daemon(
                     tokens=lambda: daemon.message_tokens(),
                     mode_for=lambda request: daemon.mode_for(request),
                     settings=lambda: executor_settings(holder.current),
+                    max_in_flight=config.execution.max_in_flight,
+                    now=now,
                     fault=faults.check,
                     alert=lambda kind, fields: daemon.alert(kind, fields),
-                    on_finished=lambda request, result: daemon.rebalance_finished(request, result),
+                    on_finished=lambda portfolio_id, name, result: daemon.rebalance_finished(
+                        portfolio_id, name, result
+                    ),
                     on_waiting=lambda: _extend_start_timeout(daemon),
                 ),
                 requests=send,
@@ -544,7 +675,7 @@ async def run_daemon(
             batcher = BalanceBatcher(chain, max_calls=config.chain.max_batch_calls)
             deps = PortfolioDeps(
                 snapshots=snapshots,
-                read_balances=batcher.read,
+                read_balances=batcher.read_with_block,
                 executor=send,
                 params=lambda: runtime_params(holder.current),
                 now=now,
@@ -552,6 +683,8 @@ async def run_daemon(
                 alert=daemon.alert,
                 accepting=lambda: daemon.accepting,
                 record_valuation=daemon.record_valuation,
+                signer_blocked=lambda: daemon.executor.transactions.blocked(),
+                healthy=supervisor.mark_healthy,
             )
             primary, secondary = price_sources(config, uniswap, http, now)
             async with trio.open_nursery() as nursery:

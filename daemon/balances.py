@@ -51,7 +51,15 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
-from daemon.chain import ChainClient, ChainError, Json, RpcCall, function_selector, to_address
+from daemon.chain import (
+    ChainClient,
+    ChainError,
+    Json,
+    RpcCall,
+    RpcTransportError,
+    function_selector,
+    to_address,
+)
 from daemon.logs import get_logger
 
 _BALANCE_OF_HEX: Final = "0x" + function_selector("balanceOf(address)").hex()
@@ -91,7 +99,8 @@ class _Failed:
     shared: bool
 
 
-BalanceReply = dict[str, int] | _Failed
+BalanceReply = tuple[dict[str, int], int] | _Failed
+"""Balances by token and the block number read at the start of their batch, or an error."""
 
 
 @attrs.frozen(eq=False)
@@ -156,10 +165,19 @@ class BalanceBatcher:
         :class:`~daemon.chain.ChainError` if the whole batch failed, :class:`BatcherStopped` if
         the batcher is gone, ``ValueError`` for a malformed address.
         """
+        balances, _block = await self.read_with_block(account, tokens)
+        return balances
+
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[dict[str, int], int | None]:
+        """Like :meth:`read`, with the head block number the node reported first in the same
+        batch: the balances are of that block or a later one (None when no token was asked).
+        The executor refuses a plan whose balances predate a trade of the portfolio."""
         account_hex = _account_hex(account)
         token_addresses = tuple(self._token_address(token) for token in tokens)
         if not token_addresses:
-            return {}
+            return {}, None
         reply_send, reply_receive = trio.open_memory_channel[BalanceReply](1)
         request = BalanceRead(account=account_hex, tokens=token_addresses, reply=reply_send)
         with reply_receive:
@@ -261,7 +279,9 @@ class BalanceBatcher:
             self.abandoned += len(group) - len(live)
             if not live:
                 return
-            calls: list[RpcCall] = []
+            # The head first: nodes answer a batch in order, so every balance below is of this
+            # block or a later one.
+            calls: list[RpcCall] = [("eth_blockNumber", [])]
             for request in live:
                 data = _BALANCE_OF_HEX + _ADDRESS_PAD + request.account[2:]
                 calls.extend(
@@ -269,9 +289,10 @@ class BalanceBatcher:
                     for token in request.tokens
                 )
             self.batches += 1
-            self.calls += len(calls)
+            self.calls += len(calls) - 1
             try:
-                outcomes = await self.chain.batch_outcomes(calls)
+                head, *outcomes = await self.chain.batch_outcomes(calls)
+                block = _block_number(head)
             except ChainError as error:
                 self._fail_all(live, error)
                 return
@@ -287,7 +308,7 @@ class BalanceBatcher:
             start = 0
             for request in live:
                 end = start + len(request.tokens)
-                _answer(request, _balances_of(request, outcomes[start:end]))
+                _answer(request, _balances_of(request, outcomes[start:end], block))
                 start = end
         finally:
             self.reads += len(group)
@@ -311,7 +332,18 @@ def _answer(request: BalanceRead, reply: BalanceReply) -> None:
         request.reply.send_nowait(reply)
 
 
-def _balances_of(request: BalanceRead, outcomes: list[Json | ChainError]) -> BalanceReply:
+def _block_number(outcome: Json | ChainError) -> int:
+    if isinstance(outcome, ChainError):
+        raise outcome
+    try:
+        return int(outcome, 16)
+    except (TypeError, ValueError):
+        raise RpcTransportError(f"eth_blockNumber: not a hex number: {outcome!r:.40}") from None
+
+
+def _balances_of(
+    request: BalanceRead, outcomes: list[Json | ChainError], block: int
+) -> BalanceReply:
     """One caller's balances from its slice of the batch, or the first token's problem."""
     balances: dict[str, int] = {}
     for token, outcome in zip(request.tokens, outcomes, strict=True):
@@ -328,7 +360,7 @@ def _balances_of(request: BalanceRead, outcomes: list[Json | ChainError]) -> Bal
         if len(data) < 32:
             return _Failed(BalanceReadError(request.account, token, problem), False)
         balances[token] = int.from_bytes(data[:32], "big")
-    return balances
+    return balances, block
 
 
 def _own_copy(error: ChainError) -> ChainError:

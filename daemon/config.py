@@ -341,6 +341,43 @@ class ExecutionConfig:
         "Registered token whose USD price values gas costs (the chain's wrapped native token).",
         live=True,
     )
+    max_in_flight: int = setting(
+        4,
+        _int,
+        "Rebalances the executor carries out at once (consecutive nonces of the one signer, "
+        "receipts awaited concurrently).",
+        check=_positive,
+    )
+    poll_interval: float = setting(
+        1.0,
+        _float,
+        "Seconds between checks of an unsettled transaction (receipt, nonce, pool).",
+        check=_positive,
+        live=True,
+    )
+    stuck_after: float = setting(
+        900.0,
+        _float,
+        "Seconds a transaction may stay unsettled before health turns degraded and TX_STUCK "
+        "is alerted.",
+        check=_positive,
+        live=True,
+    )
+    failure_backoff: float = setting(
+        60.0,
+        _float,
+        "Seconds a portfolio waits after a FAILED attempt before trying again; doubled after "
+        "each further failure, up to failure_backoff_max.",
+        check=_non_negative,
+        live=True,
+    )
+    failure_backoff_max: float = setting(
+        3600.0,
+        _float,
+        "Longest wait after repeated FAILED attempts of one portfolio.",
+        check=_non_negative,
+        live=True,
+    )
 
 
 @attrs.frozen

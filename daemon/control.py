@@ -198,18 +198,27 @@ class DaemonControls:
             return _reply(True, "evaluated", state.last_decision or "evaluated")
         return _reply(True, "triggered", "evaluation started; see the log for its outcome")
 
-    def pause(self, portfolio: str) -> dict[str, Any]:
+    async def pause(self, portfolio: str) -> dict[str, Any]:
+        """Durable: written to the portfolio row first (it survives restarts), then applied."""
         actor = self.daemon.supervisor.actors.get(portfolio)
         if actor is None:
             return _reply(False, "not_found", f"no running portfolio named {portfolio!r}")
+        try:
+            await self.daemon.db.set_portfolio_paused(portfolio, True)
+        except DatabaseError as exc:
+            return _reply(False, "unavailable", f"pause not recorded: {exc}")
         actor.state.paused = True
         get_logger(actor="control").info("portfolio_paused", portfolio=portfolio)
         return _reply(True, "paused", f"portfolio {portfolio} paused")
 
-    def resume(self, portfolio: str) -> dict[str, Any]:
+    async def resume(self, portfolio: str) -> dict[str, Any]:
         actor = self.daemon.supervisor.actors.get(portfolio)
         if actor is None:
             return _reply(False, "not_found", f"no running portfolio named {portfolio!r}")
+        try:
+            await self.daemon.db.set_portfolio_paused(portfolio, False)
+        except DatabaseError as exc:
+            return _reply(False, "unavailable", f"resume not recorded: {exc}")
         actor.state.paused = False
         was_parked = actor.status == "parked"
         self.daemon.supervisor.resume(portfolio)

@@ -131,11 +131,18 @@ SYSTEM_CONFIG_CHANNEL: Final = "driftd_system_config"
 REBALANCING_PARAMS: Final = "REBALANCING_PARAMS"
 
 PriceSource = Literal["oracle", "router"]
-RebalanceStatus = Literal["PENDING", "SUCCESS", "FAILED", "DRY_RUN", "SKIPPED"]
-TerminalStatus = Literal["SUCCESS", "FAILED", "DRY_RUN", "SKIPPED"]
+RebalanceStatus = Literal["PENDING", "SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
+TerminalStatus = Literal["SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
 RebalanceTrigger = Literal["drift", "manual", "recovery"]
 IntentStatus = Literal["SIGNED", "BROADCAST", "CONFIRMED", "REVERTED", "REPLACED", "DROPPED"]
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"SUCCESS", "FAILED", "DRY_RUN", "SKIPPED"})
+IntentPurpose = Literal["approve", "swap", "cancel"]
+"""What a transaction does: an ERC-20 approve, a swap (or a redemption of swaps), or a 0-value
+self-transfer that consumes a nonce whose trade must not happen any more."""
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
+    {"SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"}
+)
+TRADED_STATUSES: Final[tuple[str, ...]] = ("SUCCESS", "PARTIAL")
+"""Attempts that moved tokens: they start the cooldown."""
 LIVE_INTENT_STATUSES: Final[frozenset[str]] = frozenset({"SIGNED", "BROADCAST"})
 
 
@@ -173,6 +180,16 @@ class LeaseHeld(DatabaseError):
 
 class LeaseLost(DatabaseError):
     """Our lease was taken over or expired: this process must stop signing."""
+
+
+class RebalanceRefused(DatabaseError):
+    """The database refused to start an attempt (money-safety invariant 9); ``reason`` says why:
+    another attempt of the portfolio is in flight, or a trade settled after the balances the plan
+    was made from."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class ConstraintViolation(DatabaseError):
@@ -262,6 +279,8 @@ class Portfolio:
     """Sorted by token symbol."""
     created_at: dt.datetime
     updated_at: dt.datetime
+    is_paused: bool = False
+    """``driftd pause``: evaluated, never traded, until resumed (survives restarts)."""
 
 
 @attrs.frozen
@@ -358,11 +377,21 @@ class RebalanceLogEntry:
     expected_outputs: Any
     actual_outputs: Any
     execution_time_ms: int | None
+    chain_id: int | None = None
+    signer: str | None = None
+    """Lower-case address of the signer whose process owns the attempt (None: before v3)."""
+    planned_txs: int | None = None
+    """Transactions the attempt planned to send (None until its calls were built)."""
+    planned_swap_txs: int | None = None
+    """Of those, the ones that swap."""
+    balances_block: int | None = None
+    """The block the plan's balances were read at."""
 
 
 @attrs.frozen
 class NewTxIntent:
-    """A signed transaction about to be broadcast for the first time."""
+    """A signed transaction about to be broadcast for the first time, and what it was signed
+    from (so it can be re-signed with other fees, or cancelled, after a restart too)."""
 
     chain_id: int
     signer: str
@@ -373,6 +402,15 @@ class NewTxIntent:
     rebalance_id: int | None = None
     max_fee_per_gas: int | None = None
     max_priority_fee_per_gas: int | None = None
+    purpose: IntentPurpose = "swap"
+    call_index: int | None = None
+    """Position of this transaction among its attempt's planned transactions."""
+    tx_to: str | None = None
+    tx_data: bytes | None = None
+    tx_value: int | None = None
+    gas_limit: int | None = None
+    deadline: int | None = None
+    """Chain time (unix seconds) after which the trade is void and the nonce is cancelled."""
 
 
 @attrs.frozen
@@ -397,6 +435,17 @@ class TxIntent:
     error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    purpose: IntentPurpose = "swap"
+    call_index: int | None = None
+    tx_to: str | None = None
+    tx_data: bytes | None = attrs.field(default=None, repr=False)
+    tx_value: int | None = None
+    gas_limit: int | None = None
+    deadline: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_INTENT_STATUSES
 
 
 @attrs.frozen
@@ -928,11 +977,15 @@ class Database:
 
         return await self._unit(work)
 
-    async def tokens(self) -> list[Token]:
-        """All tokens, by symbol."""
+    async def tokens(self, chain_id: int | None = None) -> list[Token]:
+        """All tokens (of one chain, if given), by symbol."""
 
         async def work(conn: asyncpg.Connection) -> list[Token]:
-            return [_token(r) for r in await conn.fetch("SELECT * FROM token ORDER BY symbol")]
+            rows = await conn.fetch(
+                "SELECT * FROM token WHERE $1::bigint IS NULL OR chain_id = $1 ORDER BY symbol",
+                chain_id,
+            )
+            return [_token(r) for r in rows]
 
         return await self._unit(work, transaction=False)
 
@@ -981,17 +1034,39 @@ class Database:
 
         return await self._unit(work)
 
-    async def portfolios(self, *, active_only: bool = False) -> list[Portfolio]:
-        """Portfolios with allocations and tokens, by name."""
+    async def portfolios(
+        self, *, active_only: bool = False, chain_id: int | None = None
+    ) -> list[Portfolio]:
+        """Portfolios (active ones, of one chain, if asked) with allocations and tokens, by
+        name."""
 
         async def work(conn: asyncpg.Connection) -> list[Portfolio]:
-            return await _load_portfolios(conn, "p.is_active" if active_only else "true")
+            where = "($1::bigint IS NULL OR p.chain_id = $1)"
+            if active_only:
+                where += " AND p.is_active"
+            return await _load_portfolios(conn, where, chain_id)
 
         return await self._unit(work, transaction=False)
 
-    async def active_portfolios(self) -> list[Portfolio]:
-        """What the supervisor runs an actor for."""
-        return await self.portfolios(active_only=True)
+    async def active_portfolios(self, chain_id: int | None = None) -> list[Portfolio]:
+        """What the supervisor runs an actor for (the daemon passes its chain id)."""
+        return await self.portfolios(active_only=True, chain_id=chain_id)
+
+    async def set_portfolio_paused(self, key: int | str, paused: bool) -> Portfolio:
+        """``driftd pause`` / ``resume``: durable, announced on :data:`PORTFOLIO_CHANNEL`."""
+
+        async def work(conn: asyncpg.Connection) -> Portfolio:
+            column = "id" if isinstance(key, int) else "name"
+            portfolio_id = await conn.fetchval(
+                f"UPDATE portfolio SET is_paused = $2 WHERE {column} = $1 RETURNING id",  # noqa: S608
+                key,
+                paused,
+            )
+            if portfolio_id is None:
+                raise NotFound(f"no portfolio {key!r}")
+            return (await _load_portfolios(conn, "p.id = $1", portfolio_id))[0]
+
+        return await self._unit(work)
 
     async def portfolio(self, key: int | str) -> Portfolio:
         """One portfolio by id or name; :class:`NotFound` if there is none."""
@@ -1032,30 +1107,86 @@ class Database:
         token_amounts: Any = None,
         swap_path: Any = None,
         expected_outputs: Any = None,
+        chain_id: int | None = None,
+        signer: str | None = None,
+        balances_block: int | None = None,
     ) -> int:
         """Insert a PENDING row for an attempt that will touch the chain; returns its id.
 
-        The attempt must end with :meth:`finish_rebalance` (recovery finds leftovers with
-        :meth:`pending_rebalances`). Attempts decided without the chain use
+        Refused with :class:`RebalanceRefused` (nothing written) while another attempt of the
+        portfolio is PENDING (a unique index, so two processes cannot race past it), or when a
+        swap of the portfolio was mined after ``balances_block`` (the plan was made from balances
+        that no longer exist). The attempt must end with :meth:`finish_rebalance` (recovery
+        finds leftovers with :meth:`pending_rebalances`). Attempts decided without the chain use
         :meth:`record_rebalance`.
         """
 
         async def work(conn: asyncpg.Connection) -> int:
-            return int(
-                await conn.fetchval(
-                    "INSERT INTO rebalance_log (portfolio_id, status, trigger, drift_percentage,"
-                    " token_amounts, swap_path, expected_outputs)"
-                    " VALUES ($1, 'PENDING', $2, $3, $4, $5, $6) RETURNING id",
+            if balances_block is not None:
+                mined = await conn.fetchval(
+                    "SELECT max(i.block_number) FROM tx_intent i"
+                    " JOIN rebalance_log r ON r.id = i.rebalance_id"
+                    " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED'"
+                    " AND i.purpose = 'swap'",
                     portfolio_id,
-                    trigger,
-                    drift_percentage,
-                    token_amounts,
-                    swap_path,
-                    expected_outputs,
                 )
-            )
+                if mined is not None and mined > balances_block:
+                    raise RebalanceRefused(
+                        f"the plan's balances (block {balances_block}) predate a trade of this "
+                        f"portfolio mined in block {mined}"
+                    )
+            try:
+                async with conn.transaction():
+                    return int(
+                        await conn.fetchval(
+                            "INSERT INTO rebalance_log (portfolio_id, status, trigger,"
+                            " drift_percentage, token_amounts, swap_path, expected_outputs,"
+                            " chain_id, signer, balances_block)"
+                            " VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                            portfolio_id,
+                            trigger,
+                            drift_percentage,
+                            token_amounts,
+                            swap_path,
+                            expected_outputs,
+                            chain_id,
+                            None if signer is None else signer.lower(),
+                            balances_block,
+                        )
+                    )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "rebalance_log_one_pending_per_portfolio":
+                    raise
+                raise RebalanceRefused("another rebalance of this portfolio is in flight") from None
 
         return await self._unit(work)
+
+    async def set_rebalance_plan(
+        self,
+        rebalance_id: int,
+        *,
+        planned_txs: int,
+        planned_swap_txs: int,
+        swap_path: Any,
+        expected_outputs: Any,
+    ) -> None:
+        """Record what a PENDING attempt is about to send, before its first intent: recovery
+        decides SUCCESS / PARTIAL / FAILED by comparing the mined intents with this."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            status = await conn.execute(
+                "UPDATE rebalance_log SET planned_txs = $2, planned_swap_txs = $3,"
+                " swap_path = $4, expected_outputs = $5 WHERE id = $1 AND status = 'PENDING'",
+                rebalance_id,
+                planned_txs,
+                planned_swap_txs,
+                swap_path,
+                expected_outputs,
+            )
+            if status != "UPDATE 1":
+                raise NotFound(f"no PENDING rebalance_log row {rebalance_id}")
+
+        await self._unit(work)
 
     async def finish_rebalance(
         self, rebalance_id: int, outcome_: RebalanceOutcome
@@ -1109,12 +1240,25 @@ class Database:
 
         return await self._unit(work)
 
-    async def pending_rebalances(self) -> list[RebalanceLogEntry]:
-        """Attempts not finished (a crash mid-attempt); recovery settles each."""
+    async def pending_rebalances(
+        self, chain_id: int | None = None, signer: str | None = None
+    ) -> list[RebalanceLogEntry]:
+        """Attempts not finished (a crash mid-attempt); recovery settles each.
+
+        With ``chain_id`` and ``signer``: only that signer's attempts on that chain, plus rows
+        written before attempts carried their signer (whose portfolio is on that chain) — never
+        another live process's rows.
+        """
 
         async def work(conn: asyncpg.Connection) -> list[RebalanceLogEntry]:
             rows = await conn.fetch(
-                "SELECT * FROM rebalance_log WHERE status = 'PENDING' ORDER BY id"
+                "SELECT r.* FROM rebalance_log r JOIN portfolio p ON p.id = r.portfolio_id"
+                " WHERE r.status = 'PENDING' AND ($1::bigint IS NULL OR ("
+                "   (r.signer = lower($2) AND r.chain_id = $1)"
+                "   OR (r.signer IS NULL AND p.chain_id = $1)))"
+                " ORDER BY r.id",
+                chain_id,
+                signer,
             )
             return [_rebalance(r) for r in rows]
 
@@ -1148,14 +1292,35 @@ class Database:
         return await self._unit(work, transaction=False)
 
     async def last_successful_rebalances(self) -> dict[int, dt.datetime]:
-        """Portfolio id → when its last SUCCESS finished: the durable cooldown source."""
+        """Portfolio id → when its last trade (SUCCESS or PARTIAL) finished: the durable
+        cooldown source."""
 
         async def work(conn: asyncpg.Connection) -> dict[int, dt.datetime]:
             rows = await conn.fetch(
                 "SELECT portfolio_id, max(finished_at) AS at FROM rebalance_log"
-                " WHERE status = 'SUCCESS' GROUP BY portfolio_id"
+                " WHERE status = any($1::text[]) GROUP BY portfolio_id",
+                list(TRADED_STATUSES),
             )
             return {r["portfolio_id"]: r["at"] for r in rows}
+
+        return await self._unit(work, transaction=False)
+
+    async def failure_streaks(self) -> dict[int, tuple[int, dt.datetime]]:
+        """Portfolio id → (FAILED attempts since its last trade, when the newest finished), for
+        portfolios whose newest finished chain attempt failed: the durable failure backoff."""
+
+        async def work(conn: asyncpg.Connection) -> dict[int, tuple[int, dt.datetime]]:
+            rows = await conn.fetch(
+                "SELECT r.portfolio_id, count(*) AS failures, max(r.finished_at) AS at"
+                " FROM rebalance_log r"
+                " WHERE r.status = 'FAILED' AND r.finished_at > coalesce("
+                "   (SELECT max(t.finished_at) FROM rebalance_log t"
+                "    WHERE t.portfolio_id = r.portfolio_id AND t.status = any($1::text[])),"
+                "   '-infinity')"
+                " GROUP BY r.portfolio_id",
+                list(TRADED_STATUSES),
+            )
+            return {r["portfolio_id"]: (r["failures"], r["at"]) for r in rows}
 
         return await self._unit(work, transaction=False)
 
@@ -1218,8 +1383,14 @@ class Database:
     ) -> SignerLease:
         """Take the signer's lease with a new fencing token.
 
-        Raises :class:`LeaseHeld` while another holder's lease is unexpired, unless
-        ``take_over_from(holder)`` says that holder is gone (a dead process on this host).
+        Raises :class:`LeaseHeld` (with the holder and its expiry) while another holder's lease
+        is unexpired, unless ``take_over_from(holder)`` says that holder is provably gone
+        (:func:`daemon.lease.holder_is_dead`: a dead process of this boot and pid namespace).
+
+        An unexpired lease whose holder string equals ``holder`` is re-taken (new token): holder
+        strings carry a random id per process start (:class:`daemon.lease.InstanceIdentity`), so
+        only this same process can present it again. Callers must never pass a holder that other
+        processes could share (a bare ``host:pid`` is shared by containers and cloned VMs).
         """
 
         async def work(conn: asyncpg.Connection) -> SignerLease:
@@ -1232,6 +1403,7 @@ class Database:
             if (
                 current is not None
                 and current["live"]
+                # Equal holder: this same process (random per-start id), see the docstring.
                 and current["holder"] != holder
                 and not take_over_from(current["holder"])
             ):
@@ -1396,6 +1568,42 @@ class Database:
 
         return await self._unit(work, transaction=False)
 
+    async def nonce_versions(self, chain_id: int, signer: str) -> list[TxIntent]:
+        """Every recorded version (live or replaced) of each nonce of this signer that still
+        has a live intent, by nonce then id: what recovery must see through. A replaced
+        version stays listed because it, not its replacement, may be the one that gets mined."""
+
+        async def work(conn: asyncpg.Connection) -> list[TxIntent]:
+            rows = await conn.fetch(
+                "SELECT * FROM tx_intent i WHERE i.chain_id = $1 AND lower(i.signer) = lower($2)"
+                " AND i.status = any($3::text[]) AND i.nonce IN ("
+                "   SELECT nonce FROM tx_intent WHERE chain_id = $1"
+                "   AND lower(signer) = lower($2) AND status IN ('SIGNED', 'BROADCAST'))"
+                " ORDER BY i.nonce, i.id",
+                chain_id,
+                signer,
+                ["SIGNED", "BROADCAST", "REPLACED"],
+            )
+            return [_intent(r) for r in rows]
+
+        return await self._unit(work, transaction=False)
+
+    async def drop_nonce(self, chain_id: int, signer: str, nonce: int, error: str) -> None:
+        """Another transaction consumed ``nonce``: every unsettled version of ours is DROPPED."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE tx_intent SET status = 'DROPPED', error = $4 WHERE chain_id = $1"
+                " AND lower(signer) = lower($2) AND nonce = $3"
+                " AND status IN ('SIGNED', 'BROADCAST', 'REPLACED')",
+                chain_id,
+                signer,
+                nonce,
+                error,
+            )
+
+        await self._unit(work)
+
     async def intents_for_rebalance(self, rebalance_id: int) -> list[TxIntent]:
         """Every intent recorded for one attempt, oldest first."""
 
@@ -1559,7 +1767,9 @@ class Database:
         while True:
             try:
                 listener = await self._bridge.call(lambda: self._open_listener(stream))
-            except DatabaseUnavailable:
+            except DatabaseError:
+                # At start the caller hears why; afterwards any failure to reconnect (refused,
+                # timed out on an unreachable host, a server still recovering) is retried.
                 if not started:
                     raise
                 await trio.sleep(delay)
@@ -1743,8 +1953,8 @@ async def _write_allocations(
 
 
 _PORTFOLIO_SELECT: Final = """
-SELECT p.id, p.name, p.smart_account, p.chain_id, p.owner, p.is_active, p.delegation,
-       p.created_at, p.updated_at, a.weight,
+SELECT p.id, p.name, p.smart_account, p.chain_id, p.owner, p.is_active, p.is_paused,
+       p.delegation, p.created_at, p.updated_at, a.weight,
        t.id AS t_id, t.symbol AS t_symbol, t.address AS t_address, t.chain_id AS t_chain_id,
        t.decimals AS t_decimals, t.coingecko_id AS t_coingecko_id, t.is_quote AS t_is_quote
 FROM portfolio p
@@ -1791,6 +2001,7 @@ async def _load_portfolios(conn: asyncpg.Connection, where: str, *args: Any) -> 
                 allocations=allocations,
                 created_at=first["created_at"],
                 updated_at=first["updated_at"],
+                is_paused=first["is_paused"],
             )
         )
     return portfolios
@@ -1837,6 +2048,11 @@ def _rebalance(row: Mapping[str, Any]) -> RebalanceLogEntry:
         expected_outputs=row["expected_outputs"],
         actual_outputs=row["actual_outputs"],
         execution_time_ms=row["execution_time_ms"],
+        chain_id=row["chain_id"],
+        signer=row["signer"],
+        planned_txs=row["planned_txs"],
+        planned_swap_txs=row["planned_swap_txs"],
+        balances_block=row["balances_block"],
     )
 
 
@@ -1845,8 +2061,10 @@ async def _insert_intent(
 ) -> TxIntent:
     row = await conn.fetchrow(
         "INSERT INTO tx_intent (rebalance_id, chain_id, signer, nonce, raw_tx, tx_hash, status,"
-        " fencing_token, max_fee_per_gas, max_priority_fee_per_gas, replaces_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, 'SIGNED', $7, $8, $9, $10) RETURNING *",
+        " fencing_token, max_fee_per_gas, max_priority_fee_per_gas, replaces_id, purpose,"
+        " call_index, tx_to, tx_data, tx_value, gas_limit, deadline)"
+        " VALUES ($1, $2, $3, $4, $5, $6, 'SIGNED', $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+        " $16, $17) RETURNING *",
         intent.rebalance_id,
         intent.chain_id,
         intent.signer,
@@ -1857,6 +2075,13 @@ async def _insert_intent(
         intent.max_fee_per_gas,
         intent.max_priority_fee_per_gas,
         replaces_id,
+        intent.purpose,
+        intent.call_index,
+        intent.tx_to,
+        intent.tx_data,
+        intent.tx_value,
+        intent.gas_limit,
+        intent.deadline,
     )
     return _intent(row)
 
@@ -1881,6 +2106,13 @@ def _intent(row: Mapping[str, Any]) -> TxIntent:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        purpose=row["purpose"],
+        call_index=row["call_index"],
+        tx_to=row["tx_to"],
+        tx_data=None if row["tx_data"] is None else bytes(row["tx_data"]),
+        tx_value=_int_or_none(row["tx_value"]),
+        gas_limit=_int_or_none(row["gas_limit"]),
+        deadline=row["deadline"],
     )
 
 

@@ -1,37 +1,34 @@
-"""The chain-executor actor: the only task that signs.
+"""The chain-executor actor: the only part of the process that signs.
 
-One request at a time, in order: fresh quotes → price-impact cap → ``amountOutMin`` from the
-slippage tolerance → deadline from chain time → build the transaction for the execution mode →
-estimate gas → sign with the next nonce → **record the intent** → broadcast → wait for the
-receipt, replacing a stuck transaction with bumped fees → record the outcome → reply.
+It serves :class:`~daemon.messages.RebalanceRequest` messages with up to
+``execution.max_in_flight`` workers. One request:
 
-Money-safety invariants (DESIGN.md §4) and how this module keeps them:
+1. **Guard** (DESIGN.md §4.9), each refusal a SKIPPED row with its reason: prices older than
+   ``prices.max_age``, a signer that cannot send (:meth:`SignerTransactions.blocked`), another
+   attempt of the portfolio in flight, or a swap of the portfolio mined after the block the
+   plan's balances were read at — the last two decided by PostgreSQL when the PENDING row is
+   inserted, so no actor restart, pause or edit can produce a second trade.
+2. **Plan the transactions**: fresh quotes → price-impact cap → ``amountOutMin`` from the
+   slippage tolerance → deadline from chain time → the calls of the execution mode; the number
+   of transactions (and swaps) is recorded before the first intent.
+3. **Send each call** through :class:`~daemon.transactions.SignerTransactions`, which records the
+   intent before any broadcast and returns only once the nonce is provably consumed.
+4. **Record the truth**: the row's status comes from the mined intents alone
+   (:func:`attempt_outcome`): SUCCESS only if every planned transaction was mined successfully,
+   PARTIAL if some swap was, FAILED otherwise — the same function decides after a restart.
 
-1. *One nonce owner*: nonces come from this object only, serially, starting from the chain's
-   pending nonce after recovery; a fencing token from the signer lease marks every intent.
-2. *Durable intent before broadcast*: the signed bytes, hash, nonce and rebalance id are
-   committed before the first ``eth_sendRawTransaction``; a fee bump is a new signed transaction
-   for the same nonce, also committed before it is sent. :meth:`Executor.recover` settles every
-   unfinished intent at start by its receipt or by rebroadcasting the *same bytes* — it never
-   re-plans a trade that may be on the wire.
-4. *Bounded execution*: every swap has ``amountOutMin`` from a fresh on-chain quote, a deadline
-   from the latest block, passes the impact cap and pays out to the holder (``txbuild``).
-7. *Every attempt is accounted for*: each request gets a ``rebalance_log`` row (PENDING at start)
-   that ends in exactly one terminal status, here or in recovery.
-
-Only the short record-then-broadcast step is shielded from cancellation, so SIGTERM never leaves
-a transaction on the wire without its intent recorded, and never waits on a receipt forever.
+Recovery at start rebuilds every unsettled nonce of this (chain, signer) from ``tx_intent`` and
+settles them in the background (the executor is ready at once, and new nonces go above them);
+each PENDING attempt of this signer is finished when its nonces are. Rows of other signers are
+never touched.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import os
-import socket
 import statistics
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, NoReturn
 
@@ -40,62 +37,42 @@ import trio
 from eth_utils.crypto import keccak
 
 from daemon import db as dbm
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    Receipt,
-    Reverted,
-    RpcError,
-    SignedTx,
-    TxRequest,
-    TxSigner,
-    to_address,
-)
+from daemon.chain import ChainClient, ChainError, Receipt, Reverted, TxSigner, to_address
 from daemon.drift import Leg, from_base_units
+from daemon.lease import InstanceIdentity, SignerLeaseHolder
 from daemon.logs import get_logger
 from daemon.messages import RebalanceOutcome, RebalanceRequest, Token
+from daemon.transactions import (
+    ChainNode,
+    FeeAboveCeiling,
+    LifecycleSettings,
+    Node,
+    NonceSlot,
+    Settled,
+    SignerBlocked,
+    SignerTransactions,
+    TxPlan,
+)
 from daemon.txbuild import Call, ExecutionMode, SwapLeg
 from daemon.uniswap import NoRoute, UniswapV2, deadline_from
 
 TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
 GAS_LIMIT_MARGIN: Final = Decimal("1.25")
 """Estimated gas × this: estimates are exact for the state they ran on, blocks move on."""
-RECEIPT_POLL_SECONDS: Final = 0.25
-NONCE_CONSUMED_GRACE: Final = 5.0
-"""Seconds a used nonce must go without a receipt of ours before it counts as taken."""
 GAS_HISTORY: Final = 20
 GAS_HISTORY_MIN: Final = 3
 """Rebalances of a kind seen before their median serves as the expected gas cost."""
-LEASE_TTL_SECONDS: Final = 30.0
-LEASE_RENEW_SECONDS: Final = 5.0
-LEASE_RELEASE_SECONDS: Final = 2.0
+WATCH_SECONDS: Final = 1.0
+"""How often liveness (stuck transactions, a blocked signer) is re-evaluated."""
+STORE_RETRY_MAX: Final = 10.0
 
 
-def holder_is_dead(holder: str) -> bool:
-    """A lease holder (``host:pid``) that is a process on this host which no longer runs."""
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def this_process() -> str:
-    """This process as a lease holder."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class RebalanceAborted(Exception):
-    """The attempt ends FAILED without (further) transactions; the message says why."""
-
-
-class NonceConsumed(RebalanceAborted):
-    """Our nonce was used by a transaction that is not ours: another process shares the key."""
+    """The attempt sends no (further) transaction; the message says why."""
 
 
 @attrs.frozen
@@ -105,14 +82,14 @@ class ExecutorSettings:
     slippage: Decimal = Decimal("0.01")
     price_impact_cap: Decimal = Decimal("0.05")
     dry_run: bool = False
-    receipt_timeout: float = 120.0
-    fee_bump: Decimal = Decimal("0.125")
-    max_fee_per_gas: int = 500 * 10**9
     deadline_seconds: int = 300
     native_price_symbol: str = "WETH"
     gas_alert_factor: Decimal = Decimal(2)
     expected_gas_cost_usd: Decimal = Decimal(0)
     """0: expect the median of recent rebalances of the same kind."""
+    max_price_age: float = 300.0
+    stuck_after: float = 900.0
+    lifecycle: LifecycleSettings = attrs.Factory(LifecycleSettings)
 
 
 @attrs.define(eq=False)
@@ -122,9 +99,18 @@ class ExecutorStatus:
     signer: str
     next_nonce: int | None = None
     pending: int = 0
+    """Requests being carried out now."""
     handled: int = 0
     last_loop_at: float | None = None
-    """trio.current_time() of the last time the loop was idle or finished a request."""
+    """trio.current_time() of the executor's last sign of life (liveness)."""
+    unsettled: int = 0
+    """Nonces signed and not yet provably consumed."""
+    blocked: str | None = None
+    """Why no new transaction can be sent now (e.g. the signer has no gas money)."""
+    stuck_for: float | None = None
+    """Seconds the oldest unsettled nonce has been open, once past ``stuck_after``."""
+    recovering: int = 0
+    """Attempts of a previous run still being settled."""
     idle: trio.Event = attrs.Factory(trio.Event)
     """Set while no request is in flight (a graceful stop waits on it)."""
 
@@ -141,10 +127,19 @@ class ExecutorStatus:
         if self.pending == 0:
             self.idle.set()
 
+    @property
+    def degraded(self) -> str | None:
+        """Why health should say the executor is not well, or None."""
+        if self.blocked is not None:
+            return f"signer blocked: {self.blocked}"
+        if self.stuck_for is not None:
+            return f"a transaction has been unsettled for {self.stuck_for:.0f} s"
+        return None
+
 
 @attrs.define(eq=False)
 class Executor:
-    """Owns the signer and its nonces. Run with ``await nursery.start(executor.run, receive)``."""
+    """Owns the signer. Run with ``await nursery.start(executor.run, receive)``."""
 
     chain: ChainClient
     uniswap: UniswapV2
@@ -155,27 +150,42 @@ class Executor:
     mode_for: Callable[[RebalanceRequest], ExecutionMode]
     """The execution mode of a request's portfolio (its delegations, or the wallet)."""
     settings: Callable[[], ExecutorSettings]
-    fencing_token: int = 0
-    """Set from the signer lease when :meth:`run` starts."""
-    holder: str = attrs.field(factory=this_process)
+    max_in_flight: int = 1
+    now: Callable[[], datetime] = utc_now
+    """Wall clock of price ages."""
+    identity: InstanceIdentity = attrs.Factory(InstanceIdentity.current)
     alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
-    on_finished: Callable[[RebalanceRequest, dbm.RebalanceOutcome], None] = attrs.field(
-        default=lambda request, result: None
+    on_finished: Callable[[int, str, dbm.RebalanceOutcome], None] = attrs.field(
+        default=lambda portfolio_id, portfolio, result: None
     )
-    """Hears every finished attempt (metrics)."""
+    """Hears every finished attempt, live or recovered (cooldown, backoff, metrics)."""
     on_waiting: Callable[[], None] = lambda: None
     """Called while waiting for the signer lease (a standby tells systemd it is not stuck)."""
     fault: Callable[[str], None] = lambda point: None
-    """Test hook: raises (or kills the process) at named points: ``after_intent``,
-    ``after_broadcast``."""
+    """Test hook: raises (or kills the process) at named points (see :mod:`daemon.faults`)."""
+    node: Node | None = None
+    """The lifecycle's view of the chain (default: JSON-RPC through ``chain``)."""
     status: ExecutorStatus = attrs.field(init=False)
+    transactions: SignerTransactions = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
     _recent_gas: dict[tuple[int, int], deque[Decimal]] = attrs.field(init=False, factory=dict)
-    """Recent gas costs (USD) by (legs, transactions): the expectation for HIGH_GAS_COST."""
+    _alerted_stuck: set[int] = attrs.field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.status = ExecutorStatus(signer=self.signer.address)
+        self.transactions = SignerTransactions(
+            node=self.node or ChainNode(self.chain),
+            store=self.db,
+            signer=self.signer,
+            settings=lambda: self.settings().lifecycle,
+            alert=lambda kind, fields: self.alert(kind, fields),
+            fault=lambda point: self.fault(point),
+        )
         self._log = get_logger(actor="executor", signer=self.signer.address)
+
+    @property
+    def chain_id(self) -> int:
+        return self.transactions.chain_id
 
     async def run(
         self,
@@ -183,64 +193,71 @@ class Executor:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
-        """Take the signer's lease, recover, then serve requests one at a time until cancelled."""
-        lease = await self._acquire_lease()
-        self.fencing_token = lease.fencing_token
+        """Take the signer's lease, start recovery, then serve requests until cancelled."""
+        lease_holder = SignerLeaseHolder(
+            db=self.db,
+            chain_id=self.chain_id,
+            signer=self.signer.address,
+            identity=self.identity,
+            on_waiting=self.on_waiting,
+        )
+        lease = await lease_holder.acquire()
+        self.transactions.fencing_token = lease.fencing_token
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keep_lease, lease)
-                await self.recover()
-                self.status.next_nonce = await self.chain.get_transaction_count(
-                    self.signer.address, "pending"
-                )
+                nursery.start_soon(lease_holder.keep, lease)
+                await self.recover(nursery)
+                nursery.start_soon(self._watch)
                 self.status.last_loop_at = trio.current_time()
                 self._log.info(
                     "executor_ready",
-                    next_nonce=self.status.next_nonce,
                     fencing_token=lease.fencing_token,
+                    recovering=self.status.recovering,
+                    workers=self.max_in_flight,
                 )
                 task_status.started()
-                async with requests:
-                    async for request in requests:
-                        await self.handle(request)
-                        self.status.last_loop_at = trio.current_time()
+                async with requests, trio.open_nursery() as workers:
+                    for _ in range(self.max_in_flight):
+                        workers.start_soon(self._serve, requests)
                 raise RuntimeError("the executor's request channel was closed")
         finally:
-            # Let a restarted process take over at once instead of waiting for the expiry.
-            with trio.CancelScope(shield=True), trio.move_on_after(LEASE_RELEASE_SECONDS):
-                try:
-                    await self.db.release_signer_lease(lease)
-                except dbm.DatabaseError as exc:
-                    self._log.warning("lease_release_failed", error=str(exc))
+            await lease_holder.release(lease)
 
-    async def _acquire_lease(self) -> dbm.SignerLease:
-        """Wait until no other live process holds the signer (a standby waits here)."""
-        while True:
-            try:
-                return await self.db.acquire_signer_lease(
-                    self.chain.chain_id,
-                    self.signer.address,
-                    self.holder,
-                    LEASE_TTL_SECONDS,
-                    take_over_from=holder_is_dead,
-                )
-            except dbm.LeaseHeld as exc:
-                self._log.warning(
-                    "signer_lease_held", holder=exc.holder, expires_at=exc.expires_at.isoformat()
-                )
-                self.on_waiting()
-                await trio.sleep(LEASE_RENEW_SECONDS)
+    async def _serve(self, requests: trio.MemoryReceiveChannel[RebalanceRequest]) -> None:
+        async for request in requests:
+            await self.handle(request)
+            self.status.last_loop_at = trio.current_time()
 
-    async def _keep_lease(self, lease: dbm.SignerLease) -> NoReturn:
-        """Renew the lease; losing it is fatal (another process may be signing now)."""
+    async def _watch(self) -> NoReturn:
+        """Liveness: publish the lifecycle's state for health and alert a stuck nonce once."""
         while True:
-            await trio.sleep(LEASE_RENEW_SECONDS)
-            try:
-                lease = await self.db.renew_signer_lease(lease, LEASE_TTL_SECONDS)
-            except dbm.DatabaseUnavailable as exc:
-                # The lease outlives a short outage; if it expires meanwhile, the next renewal
-                # raises LeaseLost and the intents' fencing check already refuses our writes.
-                self._log.warning("lease_renewal_failed", error=str(exc))
+            tx = self.transactions
+            now = trio.current_time()
+            self.status.next_nonce = tx.next_nonce
+            self.status.unsettled = len(tx.slots)
+            self.status.blocked = tx.blocked()
+            oldest = tx.oldest_open_at()
+            stuck_after = self.settings().stuck_after
+            self.status.stuck_for = (
+                now - oldest if oldest is not None and now - oldest > stuck_after else None
+            )
+            for nonce, slot in tx.slots.items():
+                if now - slot.opened_at > stuck_after and nonce not in self._alerted_stuck:
+                    self._alerted_stuck.add(nonce)
+                    self.alert(
+                        "TX_STUCK",
+                        {
+                            "signer": self.signer.address,
+                            "nonce": nonce,
+                            "seconds": int(now - slot.opened_at),
+                            "problem": slot.unsendable or slot.trouble or "not mined",
+                        },
+                    )
+            self._alerted_stuck &= set(tx.slots)
+            # The loop turns while the settle loops do (or there is nothing to settle).
+            if not tx.slots or (tx.progress_at is not None and tx.progress_at >= now - 60):
+                self.status.last_loop_at = max(self.status.last_loop_at or now, now)
+            await trio.sleep(WATCH_SECONDS)
 
     # --- one request ---------------------------------------------------------------------
 
@@ -248,47 +265,48 @@ class Executor:
         """Carry out one request; always ends its row and always answers (if anyone listens)."""
         log = self._log.bind(portfolio=request.portfolio_name)
         started = trio.current_time()
-        rebalance_id = await self.db.start_rebalance(
-            request.portfolio_id,
-            drift_percentage=request.plan.max_drift,
-            token_amounts=[_planned_leg(leg) for leg in request.plan.legs],
-        )
         self.status.begin()
         try:
-            result = await self._execute(request, rebalance_id, log)
-        except NonceConsumed as exc:
-            # Someone else signs with our key: our nonce count is no longer ours to trust.
-            log.error("nonce_consumed_by_another_sender", error=str(exc))
-            self.status.next_nonce = await self.chain.get_transaction_count(
-                self.signer.address, "pending"
-            )
-            result = dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
-        except (RebalanceAborted, ChainError, NoRoute, ValueError) as exc:
-            result = dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
+            refusal = self._refusal(request)
+            rebalance_id: int | None = None
+            if refusal is None:
+                try:
+                    rebalance_id = await self.db.start_rebalance(
+                        request.portfolio_id,
+                        drift_percentage=request.plan.max_drift,
+                        token_amounts=[_planned_leg(leg) for leg in request.plan.legs],
+                        chain_id=self.chain_id,
+                        signer=self.signer.address,
+                        balances_block=request.balances_block,
+                    )
+                except dbm.RebalanceRefused as exc:
+                    refusal = f"No trade: {exc.reason}"
+                except dbm.DatabaseError as exc:
+                    # Without its PENDING row nothing may be signed: no trade, and no row either.
+                    refusal = f"No trade: the database is unavailable: {exc}"
+            if rebalance_id is None:
+                assert refusal is not None
+                result = dbm.RebalanceOutcome(status="SKIPPED", skip_reason=refusal)
+                try:
+                    row = await self.db.record_rebalance(
+                        request.portfolio_id, result, drift_percentage=request.plan.max_drift
+                    )
+                    rebalance_id = row.id
+                except dbm.DatabaseError as exc:
+                    log.warning("skip_not_recorded", reason=refusal, error=str(exc))
+            else:
+                result = await self._attempt(request, rebalance_id, log)
+                elapsed_ms = int((trio.current_time() - min(started, request.requested_at)) * 1000)
+                result = attrs.evolve(result, execution_time_ms=elapsed_ms)
+                self.fault("after_mined")
+                rid = rebalance_id
+                await self._until_stored(lambda: self.db.finish_rebalance(rid, result), log)
         finally:
             self.status.end()
-        elapsed_ms = int((trio.current_time() - min(started, request.requested_at)) * 1000)
-        result = attrs.evolve(result, execution_time_ms=elapsed_ms)
-        await self.db.finish_rebalance(rebalance_id, result)
         self.status.handled += 1
-        self.on_finished(request, result)
-        log.info(
-            "rebalance_logged",
-            rebalance_id=rebalance_id,
-            status=result.status,
-            tx_hash=result.transaction_hash,
-            gas_used=result.gas_used,
-            gas_cost_usd=None if result.gas_cost_usd is None else str(result.gas_cost_usd),
-            error=result.error,
-            skip_reason=result.skip_reason,
-        )
-        if result.status == "FAILED":
-            self.alert(
-                "REBALANCE_FAILED", {"portfolio": request.portfolio_name, "error": result.error}
-            )
+        self._finished(request.portfolio_id, request.portfolio_name, rebalance_id, result, log)
         if result.status == "SUCCESS" and result.gas_cost_usd is not None:
-            intents = await self.db.intents_for_rebalance(rebalance_id)
-            kind = (len(result.expected_outputs or ()), len({i.nonce for i in intents}))
+            kind = (len(result.expected_outputs or ()), len(result.swap_path or ()))
             self._check_gas_cost(request.portfolio_name, kind, result.gas_cost_usd)
         outcome = RebalanceOutcome(
             rebalance_id=rebalance_id,
@@ -301,6 +319,45 @@ class Executor:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             log.info("requester_gone", rebalance_id=rebalance_id)
         return outcome
+
+    def _refusal(self, request: RebalanceRequest) -> str | None:
+        """Why the request must not trade, decided before anything is written."""
+        settings = self.settings()
+        if request.prices_observed_at is not None:
+            age = (self.now() - request.prices_observed_at).total_seconds()
+            if age > settings.max_price_age:
+                return (
+                    f"No trade: the plan's prices are {age:.0f} s old "
+                    f"(max_age {settings.max_price_age:.0f} s)"
+                )
+        blocked = self.transactions.blocked()
+        if blocked is not None and not settings.dry_run:
+            return f"No trade: the signer cannot send: {blocked}"
+        return None
+
+    def _finished(
+        self,
+        portfolio_id: int,
+        portfolio: str,
+        rebalance_id: int | None,
+        result: dbm.RebalanceOutcome,
+        log: Any,
+    ) -> None:
+        log.info(
+            "rebalance_logged",
+            rebalance_id=rebalance_id,
+            status=result.status,
+            tx_hash=result.transaction_hash,
+            gas_used=result.gas_used,
+            gas_cost_usd=None if result.gas_cost_usd is None else str(result.gas_cost_usd),
+            error=result.error,
+            skip_reason=result.skip_reason,
+        )
+        if result.status in ("FAILED", "PARTIAL"):
+            self.alert(
+                f"REBALANCE_{result.status}", {"portfolio": portfolio, "error": result.error}
+            )
+        self.on_finished(portfolio_id, portfolio, result)
 
     def _check_gas_cost(self, portfolio: str, kind: tuple[int, int], cost: Decimal) -> None:
         """HIGH_GAS_COST when ``cost`` exceeds the factor × the expected cost of this kind of
@@ -317,30 +374,112 @@ class Executor:
             )
         recent.append(cost)
 
-    async def _execute(
+    async def _attempt(
         self, request: RebalanceRequest, rebalance_id: int, log: Any
     ) -> dbm.RebalanceOutcome:
+        """Quote, plan and send; the outcome from what was mined. Raises only cancellation."""
         settings = self.settings()
+        try:
+            prepared = await self._prepare(request, settings)
+        except (RebalanceAborted, ChainError, NoRoute, ValueError, KeyError) as exc:
+            return dbm.RebalanceOutcome(status="FAILED", error=_error_text(exc))
+        if not prepared.swap_legs:
+            return dbm.RebalanceOutcome(
+                status="SKIPPED",
+                skip_reason="; ".join(prepared.rejected) or "no leg to send",
+                expected_outputs=prepared.expected,
+            )
+        if settings.dry_run:
+            return dbm.RebalanceOutcome(
+                status="DRY_RUN",
+                swap_path=prepared.swap_path,
+                expected_outputs=prepared.expected,
+                error="; ".join(prepared.rejected) or None,
+            )
+        calls = prepared.mode.calls(prepared.swap_legs)
+        purposes = [_purpose(call) for call in calls]
+        await self._until_stored(
+            lambda: self.db.set_rebalance_plan(
+                rebalance_id,
+                planned_txs=len(calls),
+                planned_swap_txs=purposes.count("swap"),
+                swap_path=prepared.swap_path,
+                expected_outputs=prepared.expected,
+            ),
+            log,
+        )
+        self.fault("after_plan")
+        settled: list[Settled] = []
+        stopped: str | None = None
+        for index, (call, purpose) in enumerate(zip(calls, purposes, strict=True)):
+            try:
+                slot = await self._submit(call, purpose, index, rebalance_id, prepared.deadline)
+            except (RebalanceAborted, SignerBlocked, FeeAboveCeiling, ChainError) as exc:
+                stopped = _error_text(exc)
+                break
+            except dbm.DatabaseError as exc:
+                # The intent was not recorded (outage, or the lease's fencing token was refused),
+                # so this transaction was never sent.
+                stopped = f"intent not recorded, transaction not sent: {exc}"
+                break
+            done = await self.transactions.settle(slot)
+            settled.append(done)
+            if done.outcome != "mined" or done.receipt is None or not done.receipt.succeeded:
+                break
+        intents = await self._until_stored(lambda: self.db.intents_for_rebalance(rebalance_id), log)
+        result = attempt_outcome(len(calls), purposes.count("swap"), intents, stopped=stopped)
+        receipts = [s.receipt for s in settled if s.receipt is not None and s.outcome == "mined"]
+        native_usd = request.prices.get(settings.native_price_symbol)
+        if result.gas_cost_wei is not None and native_usd is not None:
+            result = attrs.evolve(
+                result, gas_cost_usd=from_base_units(result.gas_cost_wei, 18) * native_usd
+            )
+        actual = _actual_outputs(receipts, prepared.swap_legs, prepared.mode.holder)
+        for entry, amount in zip(prepared.expected, actual, strict=True):
+            entry["actual_out"] = None if amount is None else str(amount)
+        reverted = next((r for r in receipts if not r.succeeded), None)
+        error = result.error
+        if reverted is not None:
+            reason = await self._revert_reason(reverted.transaction_hash)
+            error = f"transaction reverted: {reason}"
+        extra = "; ".join(prepared.rejected) or None
+        if result.status == "SUCCESS":
+            error = extra
+        return attrs.evolve(
+            result,
+            error=error,
+            swap_path=prepared.swap_path,
+            expected_outputs=prepared.expected,
+            actual_outputs=[None if a is None else str(a) for a in actual]
+            if result.status == "SUCCESS"
+            else None,
+        )
+
+    async def _revert_reason(self, tx_hash: str) -> str:
+        try:
+            reverted = await self.chain.revert_reason_of(tx_hash)
+        except ChainError:
+            return "reason unavailable"
+        return (reverted.reason or "no reason given") if reverted else "no reason given"
+
+    async def _prepare(self, request: RebalanceRequest, settings: ExecutorSettings) -> _Prepared:
         tokens = self.tokens()
         mode = self.mode_for(request)
         block = await self.chain.latest_block()
         deadline = deadline_from(block.timestamp, settings.deadline_seconds)
-        swap_legs: list[SwapLeg] = []
-        sent_legs: list[Leg] = []
-        expected: list[dict[str, Any]] = []
-        rejected: list[str] = []
+        prepared = _Prepared(mode=mode, deadline=deadline)
         for leg in request.plan.legs:
             token_in, token_out = tokens[leg.sell], tokens[leg.buy]
             quote = await self.uniswap.quote(token_in.address, token_out.address, leg.amount_in)
             impact = quote.price_impact
             if impact > settings.price_impact_cap:
-                rejected.append(
+                prepared.rejected.append(
                     f"{leg.sell}->{leg.buy}: price impact {impact:.4f} exceeds the cap "
                     f"{settings.price_impact_cap}"
                 )
                 continue
             minimum = quote.amount_out_min(settings.slippage)
-            swap_legs.append(
+            prepared.swap_legs.append(
                 SwapLeg(
                     token_in=token_in.address,
                     token_out=token_out.address,
@@ -350,8 +489,7 @@ class Executor:
                     deadline=deadline,
                 )
             )
-            sent_legs.append(leg)
-            expected.append(
+            prepared.expected.append(
                 {
                     "sell": leg.sell,
                     "buy": leg.buy,
@@ -362,296 +500,154 @@ class Executor:
                     "quote_block": quote.block_number,
                 }
             )
-        swap_path = [list(leg.path) for leg in swap_legs]
-        if not swap_legs:
-            return dbm.RebalanceOutcome(
-                status="SKIPPED",
-                skip_reason="; ".join(rejected) or "no leg to send",
-                expected_outputs=expected,
-            )
-        if settings.dry_run:
-            return dbm.RebalanceOutcome(
-                status="DRY_RUN",
-                swap_path=swap_path,
-                expected_outputs=expected,
-                error="; ".join(rejected) or None,
-            )
-        receipts: list[Receipt] = []
-        for call in mode.calls(swap_legs):
-            receipts.append(await self._send_call(call, rebalance_id, settings, log))
-            if not receipts[-1].succeeded:
-                break
-        gas_used, gas_wei = gas_totals(receipts)
-        native_usd = request.prices.get(settings.native_price_symbol)
-        gas_usd = None if native_usd is None else from_base_units(gas_wei, 18) * native_usd
-        actual = _actual_outputs(receipts, swap_legs, mode.holder)
-        for entry, amount in zip(expected, actual, strict=True):
-            entry["actual_out"] = None if amount is None else str(amount)
-        last = receipts[-1]
-        if not last.succeeded:
-            reason = await self.chain.revert_reason_of(last.transaction_hash)
-            return dbm.RebalanceOutcome(
-                status="FAILED",
-                error=f"transaction reverted: {reason.reason if reason else 'no reason given'}",
-                transaction_hash=last.transaction_hash,
-                gas_used=gas_used,
-                gas_cost_wei=gas_wei,
-                gas_cost_usd=gas_usd,
-                swap_path=swap_path,
-                expected_outputs=expected,
-            )
-        return dbm.RebalanceOutcome(
-            status="SUCCESS",
-            transaction_hash=last.transaction_hash,
-            gas_used=gas_used,
-            gas_cost_wei=gas_wei,
-            gas_cost_usd=gas_usd,
-            swap_path=swap_path,
-            expected_outputs=expected,
-            actual_outputs=[None if a is None else str(a) for a in actual],
-            error="; ".join(rejected) or None,
-        )
+        return prepared
 
-    # --- one transaction -----------------------------------------------------------------
-
-    async def _send_call(
-        self, call: Call, rebalance_id: int, settings: ExecutorSettings, log: Any
-    ) -> Receipt:
+    async def _submit(
+        self, call: Call, purpose: dbm.IntentPurpose, index: int, rebalance_id: int, deadline: int
+    ) -> NonceSlot:
         try:
             estimate = await self.chain.estimate_gas(
                 call.to, call.data, sender=self.signer.address, value=call.value
             )
         except Reverted as exc:
             raise RebalanceAborted(f"would revert: {exc.reason}") from None
-        gas = math.ceil(estimate * GAS_LIMIT_MARGIN)
-        fees = await self.chain.fee_data()
-        priority = fees.priority_fee
-        max_fee = min(fees.max_fee(), settings.max_fee_per_gas)
-        if max_fee < fees.base_fee + priority:
-            raise RebalanceAborted(
-                f"base fee {fees.base_fee} wei is above the fee ceiling {settings.max_fee_per_gas}"
-            )
-        if self.status.next_nonce is None:
-            raise RuntimeError("executor not started")
-        tx = TxRequest(
+        plan = TxPlan(
             to=call.to,
             data=call.data,
-            nonce=self.status.next_nonce,
-            gas=gas,
-            max_fee_per_gas=max_fee,
-            max_priority_fee_per_gas=priority,
-            chain_id=self.chain.chain_id,
             value=call.value,
-        )
-        signed = self.signer.sign(tx)
-        with trio.CancelScope(shield=True):
-            intent = await self.db.insert_intent(self._new_intent(signed, tx, rebalance_id))
-            # From here the nonce belongs to this intent, whatever happens next.
-            self.status.next_nonce = tx.nonce + 1
-        log.info("intent_recorded", nonce=tx.nonce, tx_hash=signed.hash, intent_id=intent.id)
-        self.fault("after_intent")
-        return await self._see_through(intent, tx, signed, settings, log)
-
-    def _new_intent(self, signed: SignedTx, tx: TxRequest, rebalance_id: int) -> dbm.NewTxIntent:
-        return dbm.NewTxIntent(
-            chain_id=tx.chain_id,
-            signer=self.signer.address,
-            nonce=tx.nonce,
-            raw_tx=signed.raw,
-            tx_hash=signed.hash,
-            fencing_token=self.fencing_token,
+            gas=int(Decimal(estimate) * GAS_LIMIT_MARGIN) + 1,
+            purpose=purpose,
+            deadline=deadline,
             rebalance_id=rebalance_id,
-            max_fee_per_gas=tx.max_fee_per_gas,
-            max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
+            call_index=index,
         )
-
-    async def _see_through(
-        self,
-        intent: dbm.TxIntent,
-        tx: TxRequest | None,
-        signed: SignedTx,
-        settings: ExecutorSettings,
-        log: Any,
-    ) -> Receipt:
-        """Broadcast ``signed`` and wait for any transaction of this nonce to be mined,
-        replacing it with bumped fees when it is stuck. ``tx`` is None in recovery (the
-        original request is not stored, so no bump: the same bytes are rebroadcast)."""
-        hashes = {signed.hash: intent.id}
-        for previous in await self.db.intents_for_rebalance(intent.rebalance_id or -1):
-            if previous.nonce == intent.nonce:
-                hashes.setdefault(previous.tx_hash, previous.id)
-        while True:
-            with trio.CancelScope(shield=True):
-                await self._broadcast(intent, signed, hashes)
-            self.fault("after_broadcast")
-            with trio.move_on_after(settings.receipt_timeout):
-                return await self._wait_mined(hashes, intent.nonce)
-            if tx is None:
-                log.warning("recovered_tx_still_pending", nonce=intent.nonce, tx_hash=signed.hash)
-                continue
-            bumped = _bumped(tx, settings)
-            if bumped is None:
-                log.warning("fee_ceiling_reached", nonce=tx.nonce, tx_hash=signed.hash)
-                continue
-            tx = bumped
-            signed = self.signer.sign(tx)
-            with trio.CancelScope(shield=True):
-                intent = await self.db.replace_intent(
-                    intent.id, self._new_intent(signed, tx, intent.rebalance_id or 0)
-                )
-            hashes[signed.hash] = intent.id
-            log.info(
-                "tx_replaced",
-                nonce=tx.nonce,
-                tx_hash=signed.hash,
-                max_fee_per_gas=tx.max_fee_per_gas,
-                max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
-            )
-
-    async def _broadcast(
-        self, intent: dbm.TxIntent, signed: SignedTx, hashes: dict[str, int]
-    ) -> None:
-        try:
-            await self.chain.send_raw_transaction(signed)
-        except RpcError as exc:
-            message = exc.message.lower()
-            too_low = "nonce too low" in message or "nonce is too low" in message
-            # "nonce too low": ours was mined already (a retried send after the first landed)
-            # or someone else used the nonce; the receipt wait tells which. "underpriced" and
-            # "already known": a version of ours is in the pool.
-            if not too_low and "underpriced" not in message and "already known" not in message:
-                raise
-        if intent.status == "SIGNED":
-            await self.db.mark_intent(intent.id, "BROADCAST")
-
-    async def _mined_receipt(self, hashes: Mapping[str, int]) -> tuple[int, Receipt] | None:
-        for tx_hash, intent_id in hashes.items():
-            receipt = await self.chain.get_transaction_receipt(tx_hash)
-            if receipt is not None:
-                return intent_id, receipt
-        return None
-
-    async def _wait_mined(self, hashes: Mapping[str, int], nonce: int) -> Receipt:
-        consumed_since: float | None = None
-        while True:
-            found = await self._mined_receipt(hashes)
-            if found is not None:
-                intent_id, receipt = found
-                await self.db.record_intent_receipt(
-                    intent_id,
-                    dbm.TxReceipt(
-                        block_number=receipt.block_number,
-                        gas_used=receipt.gas_used,
-                        effective_gas_price=receipt.effective_gas_price,
-                        succeeded=receipt.succeeded,
-                    ),
-                )
-                return receipt
-            latest_nonce = await self.chain.get_transaction_count(self.signer.address, "latest")
-            if latest_nonce <= nonce:
-                consumed_since = None
-            elif consumed_since is None:
-                consumed_since = trio.current_time()
-            elif trio.current_time() - consumed_since > NONCE_CONSUMED_GRACE:
-                # The nonce has been used for a while and none of our hashes has a receipt:
-                # a node can report the nonce before it serves the receipt, hence the grace.
-                for intent_id in hashes.values():
-                    await self.db.mark_intent(intent_id, "DROPPED", error="nonce consumed")
-                raise NonceConsumed(f"nonce {nonce} was used by a transaction that is not ours")
-            await trio.sleep(RECEIPT_POLL_SECONDS)
+        return await self.transactions.submit(plan)
 
     # --- recovery ------------------------------------------------------------------------
 
-    async def recover(self) -> None:
-        """Settle what a previous run left unfinished, before any new nonce is allocated.
+    async def recover(self, nursery: trio.Nursery) -> None:
+        """Rebuild every unsettled nonce of this signer and settle them in ``nursery``; finish
+        each PENDING attempt of this (chain, signer) once its nonces are settled. Attempts with
+        no intent were interrupted before anything was signed: FAILED, nothing traded."""
+        slots = await self.transactions.load()
+        pending = await self.db.pending_rebalances(self.chain_id, self.signer.address)
+        by_attempt: dict[int | None, list[NonceSlot]] = {}
+        for slot in slots:
+            attempt = slot.newest.rebalance_id
+            by_attempt.setdefault(attempt if attempt in {r.id for r in pending} else None, [])
+            by_attempt[attempt if attempt in {r.id for r in pending} else None].append(slot)
+        self.fault("recovering")
+        for orphan in by_attempt.pop(None, []):
+            nursery.start_soon(self.transactions.settle, orphan)
+        for row in pending:
+            self.status.recovering += 1
+            nursery.start_soon(self._recover_attempt, row, by_attempt.get(row.id, []))
+        self._log.info("recovery_started", nonces=len(slots), attempts=len(pending))
 
-        Live intents are rebroadcast as the same bytes (or their receipt recorded); attempts
-        with no intent were interrupted before anything was signed and end FAILED.
-        """
-        settings = self.settings()
-        live = await self.db.intents_by_status("SIGNED", "BROADCAST", signer=self.signer.address)
-        by_nonce = {
-            nonce: list(group) for nonce, group in itertools.groupby(live, key=lambda i: i.nonce)
-        }
-        settled: dict[int, list[Receipt]] = {}
-        for nonce, intents in sorted(by_nonce.items()):
-            newest = max(intents, key=lambda i: i.id)
-            log = self._log.bind(recovering_nonce=nonce, rebalance_id=newest.rebalance_id)
-            signed = SignedTx(
-                raw=newest.raw_tx, hash=newest.tx_hash, nonce=nonce, sender=self.signer.address
+    async def _recover_attempt(
+        self, row: dbm.RebalanceLogEntry, slots: Sequence[NonceSlot]
+    ) -> None:
+        log = self._log.bind(rebalance_id=row.id, recovering=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                for slot in slots:
+                    nursery.start_soon(self.transactions.settle, slot)
+            intents = await self._until_stored(lambda: self.db.intents_for_rebalance(row.id), log)
+            result = attempt_outcome(row.planned_txs, row.planned_swap_txs, intents)
+            result = attrs.evolve(
+                result,
+                error=(result.error + "; " if result.error else "") + "settled after a restart"
+                if result.status != "SUCCESS"
+                else "settled after a restart",
             )
+            await self._until_stored(lambda: self.db.finish_rebalance(row.id, result), log)
+        finally:
+            self.status.recovering -= 1
+        name = str(row.portfolio_id)
+        self._finished(row.portfolio_id, name, row.id, result, log)
+
+    async def _until_stored(self, write: Callable[[], Any], log: Any) -> Any:
+        """A write the attempt cannot end without: retried until the database takes it (the
+        executor waits through an outage rather than lose an outcome)."""
+        delay = 0.2
+        while True:
             try:
-                receipt = await self._see_through(newest, None, signed, settings, log)
-            except NonceConsumed as exc:
-                log.error("recovery_nonce_consumed", error=str(exc))
-                if newest.rebalance_id is not None:
-                    settled.setdefault(newest.rebalance_id, [])
-                continue
-            log.info("intent_recovered", tx_hash=receipt.transaction_hash, status=receipt.status)
-            if newest.rebalance_id is not None:
-                settled.setdefault(newest.rebalance_id, []).append(receipt)
-        for row in await self.db.pending_rebalances():
-            receipts = settled.get(row.id)
-            intents = await self.db.intents_for_rebalance(row.id)
-            if receipts is None and any(i.status in ("CONFIRMED", "REVERTED") for i in intents):
-                receipts = [
-                    await self._receipt_of(i.tx_hash)
-                    for i in intents
-                    if i.status in ("CONFIRMED", "REVERTED")
-                ]
-            await self.db.finish_rebalance(row.id, _recovered_outcome(row, receipts or []))
-            self._log.info("rebalance_recovered", rebalance_id=row.id)
-
-    async def _receipt_of(self, tx_hash: str) -> Receipt:
-        receipt = await self.chain.get_transaction_receipt(tx_hash)
-        if receipt is None:
-            raise RuntimeError(f"intent {tx_hash} is recorded as mined but has no receipt")
-        return receipt
+                return await write()
+            except (dbm.DatabaseUnavailable, dbm.QueryTimeout) as exc:
+                log.warning("database_write_retry", error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(STORE_RETRY_MAX, delay * 2)
 
 
-def _recovered_outcome(
-    row: dbm.RebalanceLogEntry, receipts: Sequence[Receipt]
+@attrs.define
+class _Prepared:
+    mode: ExecutionMode
+    deadline: int
+    swap_legs: list[SwapLeg] = attrs.Factory(list)
+    expected: list[dict[str, Any]] = attrs.Factory(list)
+    rejected: list[str] = attrs.Factory(list)
+
+    @property
+    def swap_path(self) -> list[list[str]]:
+        return [list(leg.path) for leg in self.swap_legs]
+
+
+def _purpose(call: Call) -> dbm.IntentPurpose:
+    return "approve" if call.approve else "swap"
+
+
+def attempt_outcome(
+    planned_txs: int | None,
+    planned_swap_txs: int | None,
+    intents: Sequence[dbm.TxIntent],
+    *,
+    stopped: str | None = None,
 ) -> dbm.RebalanceOutcome:
-    if not receipts:
+    """The truthful terminal status of an attempt, from its recorded intents alone.
+
+    SUCCESS iff every planned transaction was mined successfully; PARTIAL iff some swap was and
+    not every planned transaction; FAILED otherwise. Gas is the sum over every mined version
+    (cancels included: they cost gas too). ``stopped`` says why the attempt sent no more.
+    """
+    mined = [i for i in intents if i.status in ("CONFIRMED", "REVERTED")]
+    succeeded = {i.call_index for i in mined if i.status == "CONFIRMED" and i.purpose != "cancel"}
+    swaps_done = sum(1 for i in mined if i.status == "CONFIRMED" and i.purpose == "swap")
+    gas_used = sum(i.gas_used or 0 for i in mined)
+    gas_wei = sum((i.gas_used or 0) * (i.effective_gas_price or 0) for i in mined)
+    last_hash = next(
+        (i.tx_hash for i in reversed(mined) if i.purpose == "swap"),
+        mined[-1].tx_hash if mined else None,
+    )
+    gas = {"gas_used": gas_used, "gas_cost_wei": gas_wei} if mined else {}
+    problems: list[str] = []
+    if any(i.status == "REVERTED" and i.purpose != "cancel" for i in mined):
+        problems.append("transaction reverted")
+    if any(i.status == "CONFIRMED" and i.purpose == "cancel" for i in mined):
+        problems.append("cancelled with a 0-value transaction at the same nonce")
+    if any(i.status == "DROPPED" and i.error and "not ours" in i.error for i in intents):
+        problems.append("a nonce was consumed by a transaction that is not ours")
+    if stopped is not None:
+        problems.append(stopped)
+    if planned_txs is not None and len(succeeded) == planned_txs and planned_txs > 0:
+        return dbm.RebalanceOutcome(status="SUCCESS", transaction_hash=last_hash, **gas)  # type: ignore[arg-type]
+    if planned_txs is None and mined:
+        problems.append("recorded before attempts stored their plan: check the swaps on chain")
+    if swaps_done > 0:
+        done = f"{swaps_done} of {planned_swap_txs if planned_swap_txs is not None else '?'}"
         return dbm.RebalanceOutcome(
-            status="FAILED",
-            error="interrupted before any transaction was mined; nothing was traded",
+            status="PARTIAL",
+            transaction_hash=last_hash,
+            error="; ".join([f"only {done} swap transactions were mined", *problems]),
+            **gas,  # type: ignore[arg-type]
         )
-    last = receipts[-1]
-    gas_used, gas_wei = gas_totals(receipts)
-    if not all(r.succeeded for r in receipts):
-        return dbm.RebalanceOutcome(
-            status="FAILED",
-            error="transaction reverted (settled after a restart)",
-            transaction_hash=last.transaction_hash,
-            gas_used=gas_used,
-            gas_cost_wei=gas_wei,
-        )
+    if not mined and not problems:
+        problems.append("interrupted before any transaction was mined; nothing was traded")
     return dbm.RebalanceOutcome(
-        status="SUCCESS",
-        transaction_hash=last.transaction_hash,
-        gas_used=gas_used,
-        gas_cost_wei=gas_wei,
-        error="settled after a restart",
+        status="FAILED",
+        transaction_hash=last_hash,
+        error="; ".join(problems) or "no swap was mined; nothing was traded",
+        **gas,  # type: ignore[arg-type]
     )
-
-
-def gas_totals(receipts: Sequence[Receipt]) -> tuple[int, int]:
-    """Gas used and its cost in wei over an attempt's transactions."""
-    return (
-        sum(r.gas_used for r in receipts),
-        sum(r.gas_used * r.effective_gas_price for r in receipts),
-    )
-
-
-def _bumped(tx: TxRequest, settings: ExecutorSettings) -> TxRequest | None:
-    """The same transaction with fees raised by at least ``fee_bump``; None above the ceiling."""
-    factor = 1 + settings.fee_bump
-    priority = math.ceil(Decimal(tx.max_priority_fee_per_gas) * factor)
-    max_fee = math.ceil(Decimal(tx.max_fee_per_gas) * factor)
-    if max_fee > settings.max_fee_per_gas:
-        return None
-    return attrs.evolve(tx, max_fee_per_gas=max_fee, max_priority_fee_per_gas=max(priority, 1))
 
 
 def _actual_outputs(
@@ -663,6 +659,7 @@ def _actual_outputs(
     transfers = [
         (to_address(log.address), int.from_bytes(log.data[:32], "big"))
         for receipt in receipts
+        if receipt.succeeded
         for log in receipt.logs
         if len(log.topics) == 3
         and log.topics[0] == TRANSFER_TOPIC
@@ -694,4 +691,6 @@ def _planned_leg(leg: Leg) -> dict[str, Any]:
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, RebalanceAborted) else str(exc)
+    if isinstance(exc, RebalanceAborted | SignerBlocked | FeeAboveCeiling):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -130,10 +130,10 @@ class Controls(Protocol):
     async def rebalance(self, portfolio: str) -> dict[str, Any]:
         """Evaluate ``portfolio`` now. ``{"ok", "status", "message", "cooldown_minutes"?}``."""
 
-    def pause(self, portfolio: str) -> dict[str, Any]:
-        """Stop evaluating ``portfolio`` until resumed. ``{"ok", "status", "message"}``."""
+    async def pause(self, portfolio: str) -> dict[str, Any]:
+        """Stop trading ``portfolio`` until resumed (durable). ``{"ok", "status", "message"}``."""
 
-    def resume(self, portfolio: str) -> dict[str, Any]:
+    async def resume(self, portfolio: str) -> dict[str, Any]:
         """Undo pause, unpark a parked actor. ``{"ok", "status", "message"}``."""
 
 
@@ -208,9 +208,9 @@ async def handle_request(
             case "rebalance":
                 reply = await controls.rebalance(str(portfolio))
             case "pause":
-                reply = controls.pause(str(portfolio))
+                reply = await controls.pause(str(portfolio))
             case _:
-                reply = controls.resume(str(portfolio))
+                reply = await controls.resume(str(portfolio))
     except Exception as exc:  # a bug behind one command must not end the daemon
         log.error("control_failed", cmd=cmd, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         return error_reply("internal", f"{cmd} failed inside the daemon ({type(exc).__name__})")

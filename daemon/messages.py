@@ -84,8 +84,9 @@ class PriceSnapshot:
 class RebalanceOutcome:
     """The executor's answer to one request."""
 
-    rebalance_id: int
-    status: Literal["SUCCESS", "FAILED", "DRY_RUN", "SKIPPED"]
+    rebalance_id: int | None
+    """None when not even a row could be written (the database is unavailable)."""
+    status: Literal["SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
     tx_hash: str | None = None
     error: str | None = None
 
@@ -104,3 +105,9 @@ class RebalanceRequest:
     reply: trio.MemorySendChannel[RebalanceOutcome]
     requested_at: float
     """trio.current_time() when the actor decided, for execution time."""
+    balances_block: int | None = None
+    """The block the plan's balances were read at (or later): the executor refuses the plan if
+    a trade of this portfolio was mined after it."""
+    prices_observed_at: datetime | None = None
+    """When the oldest price the plan used was current: the executor refuses the plan once it
+    is older than ``prices.max_age``."""

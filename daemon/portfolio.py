@@ -7,14 +7,18 @@ channel. Everything it must remember across crashes lives in :class:`PortfolioSt
 supervisor owns; the cooldown clock in it is seeded from ``rebalance_log`` when the actor is first
 created, so it also survives process restarts.
 
-Skips are logged with their reason (bad prices, cooldown, paused); they are not rebalance
-attempts, so they write no ``rebalance_log`` row — only what reaches the executor does.
+Skips are logged with their reason (bad prices, cooldown, failure backoff, paused, a signer that
+cannot send); they are not rebalance attempts, so they write no ``rebalance_log`` row — only what
+reaches the executor does. The outcome of an attempt is recorded in the state by the executor's
+hook (:func:`record_outcome`), not by the actor that asked: a reply the actor never received (it
+was restarted meanwhile) still starts the cooldown. The actor's own checks only save work; the
+executor and the database are what refuse a second trade (DESIGN.md §4.9).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
@@ -49,7 +53,11 @@ class PortfolioState:
     """What a portfolio actor knows, kept by the supervisor across restarts."""
 
     last_success_at: datetime | None = None
-    """The cooldown clock: when the last successful rebalance was recorded."""
+    """The cooldown clock: when the last trade (SUCCESS, PARTIAL, or a dry run) was recorded."""
+    failures: int = 0
+    """FAILED attempts since the last trade."""
+    retry_at: datetime | None = None
+    """After a FAILED attempt: no new request before this (exponential backoff)."""
     last_max_drift: Decimal | None = None
     last_decision: str | None = None
     last_evaluated_at: datetime | None = None
@@ -80,8 +88,9 @@ class PortfolioDeps:
     """What a portfolio actor needs from the rest of the process."""
 
     snapshots: Latest[PriceSnapshot]
-    read_balances: Callable[[str, list[str]], Awaitable[Mapping[str, int]]]
-    """(account, token addresses) → balance by token address, in base units."""
+    read_balances: Callable[[str, list[str]], Awaitable[tuple[Mapping[str, int], int | None]]]
+    """(account, token addresses) → (balance by token address in base units, the block they
+    were read at or after)."""
     executor: trio.MemorySendChannel[RebalanceRequest]
     params: Callable[[], RuntimeParams]
     now: Callable[[], datetime]
@@ -94,6 +103,11 @@ class PortfolioDeps:
     """Stores a valuation snapshot (at most every :data:`VALUATION_EVERY` seconds)."""
     fault: Callable[[str, str], None] = lambda point, portfolio: None
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
+    signer_blocked: Callable[[], str | None] = lambda: None
+    """Why the executor's signer cannot send now (no gas money…): no request is made meanwhile."""
+    healthy: Callable[[str], None] = lambda portfolio: None
+    """Called with the portfolio's name after each completed evaluation (resets the
+    supervisor's restart backoff)."""
 
 
 async def run_portfolio_actor(
@@ -120,6 +134,7 @@ async def run_portfolio_actor(
         finally:
             done, state.evaluated = state.evaluated, trio.Event()
             done.set()
+        deps.healthy(spec.name)
 
 
 async def evaluate_portfolio(
@@ -143,7 +158,9 @@ async def evaluate_portfolio(
         if "stale" in prices:
             deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices})
         return _skip(state, log, prices)
-    by_address = await deps.read_balances(spec.account, [t.address for t in spec.tokens])
+    by_address, balances_block = await deps.read_balances(
+        spec.account, [t.address for t in spec.tokens]
+    )
     holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
     try:
         decision = evaluate(holdings, spec.targets, prices, snapshot.health, params.engine)
@@ -167,8 +184,21 @@ async def evaluate_portfolio(
             max_drift=decision.max_drift,
             cooldown_seconds=int(remaining.total_seconds()),
         )
+    if state.retry_at is not None and now < state.retry_at:
+        wait = int((state.retry_at - now).total_seconds()) + 1
+        return _skip(
+            state,
+            log,
+            f"No trade: backing off after {state.failures} failed attempt(s), {wait} s left",
+            max_drift=decision.max_drift,
+        )
     if not deps.accepting():
         return _skip(state, log, "No trade: the daemon is stopping", max_drift=decision.max_drift)
+    blocked = deps.signer_blocked()
+    if blocked is not None:
+        return _skip(
+            state, log, f"No trade: the signer cannot send: {blocked}", max_drift=decision.max_drift
+        )
     reply_send, reply_receive = trio.open_memory_channel[RebalanceOutcome](1)
     request = RebalanceRequest(
         portfolio_id=spec.id,
@@ -178,6 +208,8 @@ async def evaluate_portfolio(
         prices=prices,
         reply=reply_send,
         requested_at=trio.current_time(),
+        balances_block=balances_block,
+        prices_observed_at=min(snapshot.prices[symbol].observed_at for symbol in symbols),
     )
     log.info(
         "rebalance_requested",
@@ -193,14 +225,38 @@ async def evaluate_portfolio(
         state.in_flight = False
     state.last_outcome = outcome
     state.last_decision = f"{outcome.status}: {outcome.error or outcome.tx_hash or ''}".strip()
-    if outcome.status in ("SUCCESS", "DRY_RUN"):
-        # A dry run keeps the cooldown too, so it shows what live trading would do (and does not
-        # log the same plan on every tick).
-        state.last_success_at = deps.now()
     log.info(
         "rebalance_finished", status=outcome.status, tx_hash=outcome.tx_hash, error=outcome.error
     )
     return outcome.status
+
+
+def record_outcome(
+    state: PortfolioState,
+    status: str,
+    now: datetime,
+    *,
+    backoff: float,
+    backoff_max: float,
+) -> None:
+    """What a finished attempt means for the portfolio's clocks (called by the executor's hook,
+    for live and recovered attempts alike)."""
+    if status in ("SUCCESS", "PARTIAL", "DRY_RUN"):
+        # A dry run keeps the cooldown too, so it shows what live trading would do (and does not
+        # log the same plan on every tick). A partial trade moved tokens: it cools down too.
+        state.last_success_at = now
+        state.failures = 0
+        state.retry_at = None
+    elif status == "FAILED":
+        state.failures += 1
+        state.retry_at = now + failure_backoff(state.failures, backoff, backoff_max)
+
+
+def failure_backoff(failures: int, initial: float, ceiling: float) -> timedelta:
+    """Wait after the ``failures``-th consecutive FAILED attempt: doubling, capped."""
+    if failures <= 0:
+        return timedelta(0)
+    return timedelta(seconds=min(ceiling, initial * 2 ** min(failures - 1, 30)))
 
 
 async def _maybe_record_valuation(

@@ -69,6 +69,9 @@ class Call:
     to: str = attrs.field(converter=to_address)
     data: bytes
     value: int = 0
+    approve: bool = False
+    """Only grants an allowance (wallet mode): an attempt whose approves were mined but none of
+    its swaps traded nothing."""
 
 
 class ExecutionMode(Protocol):
@@ -150,7 +153,9 @@ class WalletMode:
     def calls(self, legs: Sequence[SwapLeg]) -> list[Call]:
         calls: list[Call] = []
         for leg in legs:
-            calls.append(Call(to=leg.token_in, data=encode_approve(self.router, leg.amount_in)))
+            calls.append(
+                Call(to=leg.token_in, data=encode_approve(self.router, leg.amount_in), approve=True)
+            )
             calls.append(Call(to=self.router, data=_swap_calldata(leg, self.signer)))
         return calls
 

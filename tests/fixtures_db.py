@@ -14,7 +14,8 @@ unmigrated database create their own with :func:`daemon.db.create_database`.
 Session fixtures are synchronous (pytest-trio runs async fixtures per test only); they call
 ``trio.run`` themselves.
 
-Fixtures: ``pg_admin_url`` (session; URL on which databases may be created), ``test_databases``
+Fixtures: ``pg_server`` (session; the throwaway server, None with an external one),
+``pg_admin_url`` (session; URL on which databases may be created), ``test_databases``
 (session; the pool of clones), ``db_url`` (a clean migrated database for this test),
 ``db_config`` (:class:`DatabaseConfig` for it), ``db`` (an opened :class:`Database` on it).
 """
@@ -41,7 +42,7 @@ from daemon.db import (
     migrate,
     open_database,
 )
-from daemon.pgserver import running_server
+from daemon.pgserver import PostgresServer, running_server
 
 TEST_DATABASE_ENV = "TEST_DATABASE_URL"
 
@@ -110,14 +111,22 @@ def _config(url: str) -> DatabaseConfig:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> Iterator[str]:
-    """A PostgreSQL URL on which databases may be created (the session's server)."""
-    external = os.environ.get(TEST_DATABASE_ENV, "").strip()
-    if external:
-        yield external
+def pg_server() -> Iterator[PostgresServer | None]:
+    """The session's throwaway server (None with ``$TEST_DATABASE_URL``). A test may stop and
+    start it (outages); it must leave it running."""
+    if os.environ.get(TEST_DATABASE_ENV, "").strip():
+        yield None
         return
     with running_server() as server:
-        yield server.url()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(pg_server: PostgresServer | None) -> str:
+    """A PostgreSQL URL on which databases may be created (the session's server)."""
+    if pg_server is None:
+        return os.environ[TEST_DATABASE_ENV].strip()
+    return pg_server.url()
 
 
 @attrs.define(eq=False)

@@ -107,11 +107,11 @@ class FakeDaemon:
             raise RuntimeError("bug")
         return self._known(portfolio, "triggered", f"{portfolio}: rebalanced (SUCCESS)")
 
-    def pause(self, portfolio: str) -> dict[str, Any]:
+    async def pause(self, portfolio: str) -> dict[str, Any]:
         self.calls.append(("pause", portfolio))
         return self._known(portfolio, "paused", f"{portfolio} paused")
 
-    def resume(self, portfolio: str) -> dict[str, Any]:
+    async def resume(self, portfolio: str) -> dict[str, Any]:
         self.calls.append(("resume", portfolio))
         return self._known(portfolio, "resumed", f"{portfolio} resumed")
 

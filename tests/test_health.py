@@ -71,11 +71,11 @@ class FakeControls:
             }
         return {"ok": True, "status": "triggered", "message": f"{portfolio}: evaluating now"}
 
-    def pause(self, portfolio: str) -> dict[str, Any]:
+    async def pause(self, portfolio: str) -> dict[str, Any]:
         self.calls.append(("pause", portfolio))
         return {"ok": True, "status": "paused", "message": f"{portfolio} paused"}
 
-    def resume(self, portfolio: str) -> dict[str, Any]:
+    async def resume(self, portfolio: str) -> dict[str, Any]:
         self.calls.append(("resume", portfolio))
         return {"ok": True, "status": "resumed", "message": f"{portfolio} resumed"}
 

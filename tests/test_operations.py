@@ -163,8 +163,9 @@ async def test_failed_rebalance_alerts_and_a_dead_webhook_never_blocks_trading(
     overrides: dict[str, Any] = {
         # Nothing listens on port 9: every delivery fails.
         "alerts": {"webhook_url": "http://127.0.0.1:9/hook"},
-        # A fee ceiling below the base fee: the executor refuses to send.
-        "execution": {"max_fee_gwei": "0.000000001"},
+        # A fee ceiling below the base fee: the executor refuses to send. No failure backoff,
+        # so a second attempt comes at once.
+        "execution": {"max_fee_gwei": "0.000000001", "failure_backoff": 0},
     }
     with trio.fail_after(60):
         await setup_portfolio(chain, devnet, db_config, tmp_path, **overrides)

@@ -1,0 +1,687 @@
+"""The transaction lifecycle of one signer: every signed transaction is seen through until its
+nonce is provably consumed.
+
+Why this module exists (DESIGN.md §4.2): a signed transaction is money that may move at any
+later moment, whatever our process believes. An RPC error, a timeout, a garbled reply, a restart
+or a crash says nothing about whether the node has it, so none of them may end the attempt. The
+only facts are the node's answers to direct questions — is this hash known, is it mined, how many
+of the signer's transactions are mined — asked again until they settle the nonce.
+
+One nonce ("slot") goes through these states, each recorded in ``tx_intent`` before the action it
+allows::
+
+    allocate ─► SIGNED ─(node knows the hash)─► BROADCAST ─► CONFIRMED | REVERTED
+                  │                                 │
+                  └──── REPLACED (a fee bump, or a 0-value cancel, recorded before it is sent) ──┘
+                  └──── DROPPED (another version was mined, or another sender used the nonce)
+
+Rules kept here:
+
+* **No decision from an error's wording.** A send that raised is followed by the next
+  observation (``eth_getTransactionByHash`` / receipts / mined nonce in one JSON-RPC batch); an
+  unparseable or failed observation is a transient fault and is simply asked again.
+* **Never abandon a live nonce.** :meth:`SignerTransactions.settle` returns only when one of our
+  versions was mined (``mined``; ``cancelled`` when the mined one is our cancel) or another
+  transaction consumed the nonce for longer than a grace period (``consumed``).
+* **No gap.** A nonce that the node will not take (insufficient funds for gas, fee below the
+  base fee, a node of another chain) blocks new allocations (:meth:`SignerTransactions.blocked`);
+  it is retried with backoff, re-signed at market fees when its fee is too low, and past the
+  trade's deadline replaced by a cancel, until the nonce is consumed. Trading resumes by itself.
+* **Bounded waiting.** A version unmined after ``receipt_timeout`` is replaced with fees raised
+  by ``fee_bump`` (≥ 12.5 %, both fees) up to the ceiling; past the trade's deadline (chain time)
+  a trade is replaced by a cancel. A cancel may bid one bump above the fee ceiling: it costs
+  21 000 gas and is the only way to free the nonce.
+* **Several nonces in flight.** Slots are independent; nonces are allocated under a lock, each
+  slot is settled by its own task, and recovery rebuilds every slot from the store.
+
+The node and the store are small protocols (:class:`Node`, :class:`IntentStore`) so every
+transition is unit-tested against in-memory fakes under Trio's virtual clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final, Literal, Protocol, TypeVar
+
+import attrs
+import trio
+
+from daemon.chain import (
+    ChainClient,
+    ChainError,
+    FeeData,
+    Json,
+    Receipt,
+    RpcTransportError,
+    SignedTx,
+    TxRequest,
+    TxSigner,
+    hex_int,
+    hex_of,
+    to_address,
+)
+from daemon.db import (
+    DatabaseError,
+    IntentPurpose,
+    NewTxIntent,
+    TxIntent,
+    TxReceipt,
+)
+from daemon.logs import get_logger
+
+T = TypeVar("T")
+
+CANCEL_GAS: Final = 21_000
+"""Gas of a 0-value transfer to oneself: the cheapest transaction that consumes a nonce."""
+RESEND_BACKOFF_MAX: Final = 30.0
+"""Seconds between sends of a version the node does not take, at most."""
+UNSENDABLE_AFTER: Final = 2
+"""Failed sends of a version no node knows before its nonce blocks new allocations."""
+STORE_RETRY_MAX: Final = 10.0
+"""Seconds between retries of a write the lifecycle cannot go on without, at most."""
+
+TxOutcome = Literal["mined", "cancelled", "consumed"]
+
+
+class SignerBlocked(Exception):
+    """No new nonce may be allocated now (a nonce cannot be sent, or the node is wrong)."""
+
+
+class FeeAboveCeiling(Exception):
+    """The market fee is above ``execution.max_fee_gwei``: nothing was signed."""
+
+
+# --- what the lifecycle needs from the node and the store ------------------------------------
+
+
+@attrs.frozen
+class NodeView:
+    """One observation of the node, taken in one round trip."""
+
+    chain_id: int
+    mined_nonce: int
+    """How many of the signer's transactions are mined (``eth_getTransactionCount … latest``)."""
+    head_timestamp: int
+    base_fee: int
+    receipts: Mapping[str, Receipt]
+    """Of the hashes asked about, those mined."""
+    known: frozenset[str]
+    """Of the hashes asked about, those the node has (in its pool or mined)."""
+
+
+class Node(Protocol):
+    """The questions the lifecycle asks of the chain."""
+
+    @property
+    def chain_id(self) -> int:
+        """The chain this process signs for."""
+
+    async def observe(self, signer: str, hashes: Sequence[str]) -> NodeView:
+        """Receipts and knowledge of ``hashes``, the mined nonce, the head; one round trip.
+        Raises :class:`~daemon.chain.ChainError` on any failure or malformed reply."""
+
+    async def send(self, raw: bytes) -> None:
+        """``eth_sendRawTransaction``. Its outcome is never trusted: the next observation
+        tells whether the node has the transaction."""
+
+    async def fees(self) -> FeeData:
+        """Base fee and suggested priority fee now."""
+
+
+class IntentStore(Protocol):
+    """Where intents are recorded (``tx_intent``; :class:`daemon.db.Database`)."""
+
+    async def insert_intent(self, intent: NewTxIntent) -> TxIntent: ...
+
+    async def replace_intent(self, old_id: int, new: NewTxIntent) -> TxIntent: ...
+
+    async def mark_intent(
+        self, intent_id: int, status: Any, *, error: str | None = None
+    ) -> TxIntent: ...
+
+    async def record_intent_receipt(self, intent_id: int, receipt: TxReceipt) -> TxIntent: ...
+
+    async def drop_nonce(self, chain_id: int, signer: str, nonce: int, error: str) -> None: ...
+
+    async def nonce_versions(self, chain_id: int, signer: str) -> list[TxIntent]: ...
+
+
+@attrs.define(eq=False)
+class ChainNode:
+    """:class:`Node` over the JSON-RPC client."""
+
+    client: ChainClient
+
+    @property
+    def chain_id(self) -> int:
+        return self.client.chain_id
+
+    async def observe(self, signer: str, hashes: Sequence[str]) -> NodeView:
+        calls: list[tuple[str, Sequence[Json]]] = [
+            ("eth_chainId", []),
+            ("eth_getTransactionCount", [signer, "latest"]),
+            ("eth_getBlockByNumber", ["latest", False]),
+        ]
+        calls += [("eth_getTransactionReceipt", [h]) for h in hashes]
+        calls += [("eth_getTransactionByHash", [h]) for h in hashes]
+        results = await self.client.batch(calls)
+        try:
+            chain_id, mined, head = hex_int(results[0]), hex_int(results[1]), results[2]
+            receipts: dict[str, Receipt] = {}
+            known: set[str] = set()
+            for tx_hash, raw in zip(hashes, results[3 : 3 + len(hashes)], strict=True):
+                if raw is not None and raw.get("blockNumber") is not None:
+                    receipts[tx_hash] = Receipt.from_json(raw)
+                    known.add(tx_hash)
+            for tx_hash, raw in zip(hashes, results[3 + len(hashes) :], strict=True):
+                if raw is not None:
+                    known.add(tx_hash)
+            return NodeView(
+                chain_id=chain_id,
+                mined_nonce=mined,
+                head_timestamp=hex_int(head["timestamp"]),
+                base_fee=hex_int(head.get("baseFeePerGas") or "0x0"),
+                receipts=receipts,
+                known=frozenset(known),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # A reply that does not parse is a transient fault, never a verdict.
+            raise RpcTransportError(f"malformed reply to a transaction check: {exc!r}") from None
+
+    async def send(self, raw: bytes) -> None:
+        await self.client.request("eth_sendRawTransaction", [hex_of(raw)])
+
+    async def fees(self) -> FeeData:
+        return await self.client.fee_data()
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LifecycleSettings:
+    """The live-reloadable parameters of the lifecycle (``[execution]``)."""
+
+    max_fee_per_gas: int = 500 * 10**9
+    """The fee ceiling of trades (wei); a cancel may bid one bump above it."""
+    fee_bump: Decimal = Decimal("0.125")
+    receipt_timeout: float = 120.0
+    """Seconds a version may stay unmined before it is replaced with higher fees."""
+    poll_interval: float = 0.25
+    consumed_grace: float = 5.0
+    """Seconds the nonce must look consumed by another transaction before we believe it (a
+    node can count a mined nonce before it serves the receipt)."""
+
+
+@attrs.frozen
+class TxPlan:
+    """What one nonce carries: everything needed to sign it again with other fees."""
+
+    to: str = attrs.field(converter=to_address)
+    data: bytes = attrs.field(repr=False)
+    gas: int
+    purpose: IntentPurpose
+    value: int = 0
+    deadline: int | None = None
+    """Chain time after which the trade is void: the nonce is then cancelled."""
+    rebalance_id: int | None = None
+    call_index: int | None = None
+
+
+@attrs.frozen
+class Settled:
+    """How a nonce was consumed."""
+
+    nonce: int
+    outcome: TxOutcome
+    receipt: Receipt | None = None
+    """The mined version's receipt (``mined`` and ``cancelled``)."""
+    intent: TxIntent | None = None
+    """The mined version."""
+
+
+@attrs.define(eq=False)
+class NonceSlot:
+    """One nonce in flight and every version of it we signed."""
+
+    nonce: int
+    plan: TxPlan | None
+    """None for an intent recorded before plans were stored: it can only be cancelled."""
+    versions: list[TxIntent]
+    opened_at: float
+    version_at: float
+    """trio time the newest version was recorded (or recovered)."""
+    next_send_at: float = 0.0
+    failed_sends: int = 0
+    last_send_error: str | None = None
+    unsendable: str | None = None
+    """Why no node takes any version of this nonce; set, it blocks new allocations."""
+    consumed_since: float | None = None
+    trouble: str | None = None
+    """The last failed observation, for health."""
+    sent_once: bool = False
+
+    @property
+    def newest(self) -> TxIntent:
+        return self.versions[-1]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [v.tx_hash for v in self.versions]
+
+
+def _bump(value: int, bump: Decimal) -> int:
+    return math.ceil(Decimal(value) * (1 + bump))
+
+
+def opening_fees(fees: FeeData, ceiling: int) -> tuple[int, int]:
+    """``(max_fee, priority)`` of a first version: room for a doubling base fee, capped at the
+    ceiling; :class:`FeeAboveCeiling` if the ceiling cannot pay today's base fee."""
+    priority = max(fees.priority_fee, 1)
+    max_fee = min(fees.max_fee(), ceiling)
+    if max_fee < fees.base_fee + priority:
+        raise FeeAboveCeiling(
+            f"base fee {fees.base_fee} wei + priority {priority} is above the fee ceiling "
+            f"{ceiling} wei"
+        )
+    return max_fee, priority
+
+
+def replacement_fees(newest: TxIntent, base_fee: int, bump: Decimal) -> tuple[int, int]:
+    """Fees of a replacement: both raised by at least ``bump`` over the newest version (what
+    nodes require to replace it) and enough for today's base fee."""
+    priority = max(_bump(newest.max_priority_fee_per_gas or 1, bump), 1)
+    max_fee = max(_bump(newest.max_fee_per_gas or 1, bump), 2 * base_fee + priority)
+    return max_fee, priority
+
+
+# --- the lifecycle ------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class SignerTransactions:
+    """Owns one signer's nonces: allocates, signs, records, broadcasts, replaces and settles."""
+
+    node: Node
+    store: IntentStore
+    signer: TxSigner
+    settings: Callable[[], LifecycleSettings]
+    fencing_token: int = 0
+    alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
+    fault: Callable[[str], None] = lambda point: None
+    """Test hook (``after_intent``, ``after_broadcast``, ``after_replacement_recorded``)."""
+    slots: dict[int, NonceSlot] = attrs.Factory(dict)
+    next_nonce: int | None = None
+    wrong_chain: str | None = None
+    """Set while the node reports another chain id: nothing new is signed."""
+    progress_at: float | None = None
+    """trio time a settle loop last completed an iteration (liveness)."""
+    _allocating: trio.Lock = attrs.Factory(trio.Lock)
+    _log: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._log = get_logger(actor="transactions", signer=self.signer.address)
+
+    @property
+    def chain_id(self) -> int:
+        return self.node.chain_id
+
+    def blocked(self) -> str | None:
+        """Why no new nonce may be allocated now, or None."""
+        if self.wrong_chain is not None:
+            return self.wrong_chain
+        for slot in self.slots.values():
+            if slot.unsendable is not None:
+                return f"nonce {slot.nonce} cannot be sent: {slot.unsendable}"
+        return None
+
+    def oldest_open_at(self) -> float | None:
+        """trio time the oldest unsettled nonce was opened (health's "stuck")."""
+        return min((slot.opened_at for slot in self.slots.values()), default=None)
+
+    # --- recovery ---
+
+    async def load(self) -> list[NonceSlot]:
+        """Rebuild a slot for every nonce with a live intent (after a restart). The caller
+        settles each; new nonces may be allocated meanwhile, above them."""
+        versions = await self.store.nonce_versions(self.chain_id, self.signer.address)
+        now = trio.current_time()
+        by_nonce: dict[int, list[TxIntent]] = {}
+        for version in versions:
+            by_nonce.setdefault(version.nonce, []).append(version)
+        loaded = []
+        for nonce, group in sorted(by_nonce.items()):
+            group.sort(key=lambda v: v.id)
+            live = [v for v in group if v.live]
+            # The newest live version is the one to send; replaced ones are only watched.
+            ordered = [v for v in group if not v.live] + live[-1:]
+            slot = NonceSlot(
+                nonce=nonce,
+                plan=_plan_of(live[-1]),
+                versions=ordered,
+                opened_at=now,
+                version_at=now,
+            )
+            self.slots[nonce] = slot
+            loaded.append(slot)
+        return loaded
+
+    # --- a new nonce ---
+
+    async def submit(self, plan: TxPlan) -> NonceSlot:
+        """Allocate the next nonce, sign ``plan`` and record the intent (durable before any
+        broadcast). Raises :class:`SignerBlocked`, :class:`FeeAboveCeiling` or a
+        :class:`~daemon.chain.ChainError` only while nothing is signed."""
+        settings = self.settings()
+        async with self._allocating:
+            reason = self.blocked()
+            if reason is not None:
+                raise SignerBlocked(reason)
+            mined = await self.node.observe(self.signer.address, [])
+            if mined.chain_id != self.chain_id:
+                raise SignerBlocked(self._wrong_chain(mined.chain_id))
+            # Nonces another sender used are skipped; our own unsettled ones are never reused.
+            nonce = max(
+                mined.mined_nonce,
+                self.next_nonce or 0,
+                max(self.slots, default=-1) + 1,
+            )
+            max_fee, priority = opening_fees(await self.node.fees(), settings.max_fee_per_gas)
+            tx = self._request(plan, nonce, max_fee, priority)
+            signed = self.signer.sign(tx)
+            with trio.CancelScope(shield=True):
+                intent = await self.store.insert_intent(self._intent(plan, tx, signed))
+                # From here the nonce belongs to this intent, whatever happens next.
+                self.next_nonce = nonce + 1
+                now = trio.current_time()
+                slot = NonceSlot(
+                    nonce=nonce, plan=plan, versions=[intent], opened_at=now, version_at=now
+                )
+                self.slots[nonce] = slot
+        self._log.info(
+            "intent_recorded",
+            nonce=nonce,
+            tx_hash=intent.tx_hash,
+            intent_id=intent.id,
+            purpose=plan.purpose,
+            rebalance_id=plan.rebalance_id,
+        )
+        self.fault("after_intent")
+        return slot
+
+    # --- seeing a nonce through ---
+
+    async def settle(self, slot: NonceSlot) -> Settled:
+        """Broadcast, watch, replace and cancel until the nonce is consumed. Never raises
+        (but for cancellation, which leaves the intents for recovery)."""
+        log = self._log.bind(nonce=slot.nonce)
+        failures = 0
+        try:
+            while True:
+                settings = self.settings()
+                now = trio.current_time()
+                self.progress_at = now
+                try:
+                    view = await self.node.observe(self.signer.address, slot.hashes)
+                except ChainError as exc:
+                    failures += 1
+                    slot.trouble = str(exc)
+                    log.warning("tx_check_failed", error=str(exc), failures=failures)
+                    await trio.sleep(min(RESEND_BACKOFF_MAX, settings.poll_interval * 2**failures))
+                    continue
+                failures = 0
+                if view.chain_id != self.chain_id:
+                    slot.trouble = self._wrong_chain(view.chain_id)
+                    await trio.sleep(settings.poll_interval)
+                    continue
+                self.wrong_chain = None
+                slot.trouble = None
+                settled = await self._settled(slot, view, settings, log)
+                if settled is not None:
+                    return settled
+                await self._send_if_due(slot, view, settings, log)
+                await self._replace_if_due(slot, view, settings, log)
+                await trio.sleep(settings.poll_interval)
+        finally:
+            # Settled, or cancelled (shutdown): either way this task no longer watches it; a
+            # cancelled slot's intents stay live in the store for the next start's recovery.
+            self.slots.pop(slot.nonce, None)
+
+    async def _settled(
+        self, slot: NonceSlot, view: NodeView, settings: LifecycleSettings, log: Any
+    ) -> Settled | None:
+        mined = next((v for v in reversed(slot.versions) if v.tx_hash in view.receipts), None)
+        if mined is not None:
+            receipt = view.receipts[mined.tx_hash]
+            recorded = await self._until_stored(
+                lambda: self.store.record_intent_receipt(
+                    mined.id,
+                    TxReceipt(
+                        block_number=receipt.block_number,
+                        gas_used=receipt.gas_used,
+                        effective_gas_price=receipt.effective_gas_price,
+                        succeeded=receipt.succeeded,
+                    ),
+                ),
+                log,
+            )
+            self._unblocked(slot, log)
+            outcome: TxOutcome = "cancelled" if mined.purpose == "cancel" else "mined"
+            log.info(
+                "tx_mined",
+                tx_hash=mined.tx_hash,
+                status=receipt.status,
+                block=receipt.block_number,
+                outcome=outcome,
+            )
+            return Settled(slot.nonce, outcome, receipt, recorded)
+        if view.mined_nonce <= slot.nonce:
+            slot.consumed_since = None
+            return None
+        now = trio.current_time()
+        if slot.consumed_since is None:
+            slot.consumed_since = now
+            return None
+        if now - slot.consumed_since < settings.consumed_grace:
+            return None
+        # The nonce has been mined for a while and none of our versions has a receipt.
+        error = f"nonce {slot.nonce} was consumed by a transaction that is not ours"
+        await self._until_stored(
+            lambda: self.store.drop_nonce(self.chain_id, self.signer.address, slot.nonce, error),
+            log,
+        )
+        self._unblocked(slot, log)
+        log.error("nonce_consumed_by_another_sender", error=error)
+        self.alert("NONCE_CONSUMED", {"signer": self.signer.address, "nonce": slot.nonce})
+        return Settled(slot.nonce, "consumed")
+
+    async def _send_if_due(
+        self, slot: NonceSlot, view: NodeView, settings: LifecycleSettings, log: Any
+    ) -> None:
+        newest = slot.newest
+        now = trio.current_time()
+        if newest.tx_hash in view.known:
+            if newest.status == "SIGNED":
+                slot.versions[-1] = await self._mark_broadcast(newest, log)
+            slot.failed_sends = 0
+            slot.last_send_error = None
+            self._unblocked(slot, log)
+            return
+        if now < slot.next_send_at:
+            return
+        try:
+            await self.node.send(newest.raw_tx)
+        except ChainError as exc:
+            # Not a verdict: the next observation asks the node whether it has the hash.
+            slot.last_send_error = str(exc)[:300]
+            slot.failed_sends += 1
+            log.warning("tx_send_failed", tx_hash=newest.tx_hash, error=slot.last_send_error)
+        else:
+            slot.last_send_error = None
+        backoff = settings.poll_interval * 2 ** min(slot.failed_sends, 8)
+        slot.next_send_at = now + min(RESEND_BACKOFF_MAX, backoff)
+        anything_known = any(h in view.known for h in slot.hashes)
+        if (
+            slot.failed_sends >= UNSENDABLE_AFTER
+            and not anything_known
+            and slot.unsendable is None
+            and slot.last_send_error is not None
+        ):
+            slot.unsendable = slot.last_send_error
+            log.error("signer_blocked", reason=slot.unsendable)
+            self.alert(
+                "SIGNER_BLOCKED",
+                {"signer": self.signer.address, "nonce": slot.nonce, "reason": slot.unsendable},
+            )
+        if not slot.sent_once:
+            slot.sent_once = True
+            self.fault("after_broadcast")
+
+    async def _replace_if_due(
+        self, slot: NonceSlot, view: NodeView, settings: LifecycleSettings, log: Any
+    ) -> None:
+        newest = slot.newest
+        now = trio.current_time()
+        anything_known = any(h in view.known for h in slot.hashes)
+        cancelling = newest.purpose == "cancel"
+        cancel_ceiling = _bump(settings.max_fee_per_gas, settings.fee_bump)
+        ceiling = cancel_ceiling if cancelling else settings.max_fee_per_gas
+        deadline = slot.plan.deadline if slot.plan is not None else None
+        waited = now - slot.version_at
+        reason: str | None = None
+        cancel = False
+        if not cancelling and deadline is not None and view.head_timestamp > deadline:
+            reason, cancel = f"the trade's deadline {deadline} has passed", True
+        elif not cancelling and slot.plan is None and waited > settings.receipt_timeout:
+            reason, cancel = "a recovered transaction without a stored plan is stuck", True
+        elif not anything_known and view.base_fee + 1 > (newest.max_fee_per_gas or 0):
+            reason = f"its max fee is below the base fee {view.base_fee}"
+        elif waited > settings.receipt_timeout:
+            reason = f"not mined after {waited:.0f} s"
+        if reason is None:
+            return
+        max_fee, priority = replacement_fees(newest, view.base_fee, settings.fee_bump)
+        if cancel:
+            ceiling = cancel_ceiling
+        if max_fee > ceiling:
+            if waited > settings.receipt_timeout:
+                log.warning("fee_ceiling_reached", reason=reason, max_fee=max_fee, ceiling=ceiling)
+                slot.version_at = now  # warn once per receipt_timeout, not on every poll
+            return
+        if cancel or cancelling:
+            plan = TxPlan(
+                to=self.signer.address,
+                data=b"",
+                gas=CANCEL_GAS,
+                purpose="cancel",
+                rebalance_id=newest.rebalance_id,
+                call_index=newest.call_index,
+                deadline=deadline,
+            )
+        else:
+            assert slot.plan is not None  # no plan means cancel (above)
+            plan = slot.plan
+        tx = self._request(plan, slot.nonce, max_fee, priority)
+        signed = self.signer.sign(tx)
+        try:
+            with trio.CancelScope(shield=True):
+                replacement = await self.store.replace_intent(
+                    newest.id, self._intent(plan, tx, signed)
+                )
+        except DatabaseError as exc:
+            # Unrecorded, so unsent: keep sending what is recorded and try again later.
+            log.warning("tx_replacement_not_recorded", error=str(exc))
+            return
+        slot.versions[-1] = attrs.evolve(newest, status="REPLACED")
+        slot.versions.append(replacement)
+        slot.version_at = now
+        slot.next_send_at = 0.0
+        log.info(
+            "tx_replaced",
+            reason=reason,
+            purpose=plan.purpose,
+            tx_hash=replacement.tx_hash,
+            max_fee_per_gas=max_fee,
+            max_priority_fee_per_gas=priority,
+        )
+        self.fault("after_replacement_recorded")
+
+    # --- helpers ---
+
+    def _request(self, plan: TxPlan, nonce: int, max_fee: int, priority: int) -> TxRequest:
+        return TxRequest(
+            to=plan.to,
+            data=plan.data,
+            nonce=nonce,
+            gas=plan.gas,
+            max_fee_per_gas=max_fee,
+            max_priority_fee_per_gas=priority,
+            chain_id=self.chain_id,
+            value=plan.value,
+        )
+
+    def _intent(self, plan: TxPlan, tx: TxRequest, signed: SignedTx) -> NewTxIntent:
+        return NewTxIntent(
+            chain_id=tx.chain_id,
+            signer=self.signer.address,
+            nonce=tx.nonce,
+            raw_tx=signed.raw,
+            tx_hash=signed.hash,
+            fencing_token=self.fencing_token,
+            rebalance_id=plan.rebalance_id,
+            max_fee_per_gas=tx.max_fee_per_gas,
+            max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
+            purpose=plan.purpose,
+            call_index=plan.call_index,
+            tx_to=plan.to,
+            tx_data=plan.data,
+            tx_value=plan.value,
+            gas_limit=plan.gas,
+            deadline=plan.deadline,
+        )
+
+    def _wrong_chain(self, actual: int) -> str:
+        self.wrong_chain = f"the node serves chain {actual}, not {self.chain_id}"
+        return self.wrong_chain
+
+    def _unblocked(self, slot: NonceSlot, log: Any) -> None:
+        if slot.unsendable is not None:
+            slot.unsendable = None
+            log.info("signer_unblocked")
+
+    async def _mark_broadcast(self, intent: TxIntent, log: Any) -> TxIntent:
+        try:
+            return await self.store.mark_intent(intent.id, "BROADCAST")
+        except DatabaseError as exc:
+            # Informational only: the intent is live either way.
+            log.warning("intent_mark_failed", error=str(exc))
+            return intent
+
+    async def _until_stored(self, write: Callable[[], Awaitable[T]], log: Any) -> T:
+        """A write the lifecycle cannot go on without: retried until the database takes it."""
+        delay = self.settings().poll_interval
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                log.warning("tx_outcome_not_recorded", error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(STORE_RETRY_MAX, delay * 2)
+
+
+def _plan_of(intent: TxIntent) -> TxPlan | None:
+    """The stored plan of a recorded version (None for intents recorded before v3)."""
+    if intent.tx_to is None or intent.tx_data is None or intent.gas_limit is None:
+        return None
+    return TxPlan(
+        to=intent.tx_to,
+        data=intent.tx_data,
+        gas=intent.gas_limit,
+        purpose=intent.purpose,
+        value=intent.tx_value or 0,
+        deadline=intent.deadline,
+        rebalance_id=intent.rebalance_id,
+        call_index=intent.call_index,
+    )
