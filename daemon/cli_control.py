@@ -195,7 +195,14 @@ def format_status(doc: Mapping[str, Any]) -> str:
         (
             "executor",
             f"signer {executor.get('signer', '?')}, next nonce "
-            f"{_or_dash(executor.get('next_nonce'))}, {executor.get('pending', 0)} pending",
+            f"{_or_dash(executor.get('next_nonce'))}, {executor.get('pending', 0)} pending, "
+            f"{executor.get('unsettled', 0)} unsettled tx"
+            + (f", blocked: {executor['blocked']}" if executor.get("blocked") else "")
+            + (
+                f", oldest unsettled {_duration(executor['stuck_seconds'])}"
+                if executor.get("stuck_seconds") is not None
+                else ""
+            ),
         ),
         ("database", _reachability(database)),
         ("chain", _chain(chain)),

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 PROBE_SECONDS: Final = 5.0
 MANUAL_EVALUATION_TIMEOUT: Final = 120.0
+EXECUTOR_STALL_SECONDS: Final = 120.0
+"""The executor counts as wedged after this long without a sign of life."""
 FEED_STALL_FACTOR: Final = 3.0
 """The feed counts as wedged after this many poll intervals without an attempted tick."""
 
@@ -98,7 +100,11 @@ def is_alive(daemon: Daemon) -> bool:
         daemon.probes.probed_at is not None
         and now - daemon.probes.probed_at < FEED_STALL_FACTOR * PROBE_SECONDS
     )
-    return feed_ok and probes_ok
+    # The executor's watcher turns every second while anything is unsettled; a wedged settle
+    # loop (an await that never returns) stops it and lets systemd restart us into recovery.
+    executor_at = daemon.executor.status.last_loop_at
+    executor_ok = executor_at is None or now - executor_at < EXECUTOR_STALL_SECONDS
+    return feed_ok and probes_ok and executor_ok
 
 
 def status_line(daemon: Daemon) -> str:
@@ -108,7 +114,12 @@ def status_line(daemon: Daemon) -> str:
     line = f"{len(actors)} portfolios"
     if parked:
         line += f" ({parked} parked)"
-    line += f", executor pending {daemon.executor.status.pending}"
+    executor = daemon.executor.status
+    line += f", executor pending {executor.pending}"
+    if executor.unsettled:
+        line += f", {executor.unsettled} unsettled tx"
+    if executor.degraded is not None:
+        line += f", {executor.degraded}"
     if daemon.last_tick_at is not None:
         age = (daemon.now() - daemon.last_tick_at).total_seconds()
         line += f", prices {age:.0f}s old"

@@ -531,14 +531,17 @@ class Executor:
         no intent were interrupted before anything was signed: FAILED, nothing traded."""
         slots = await self.transactions.load()
         pending = await self.db.pending_rebalances(self.chain_id, self.signer.address)
-        by_attempt: dict[int | None, list[NonceSlot]] = {}
+        pending_ids = {row.id for row in pending}
+        by_attempt: dict[int, list[NonceSlot]] = {}
+        self.fault("recovering")
         for slot in slots:
             attempt = slot.newest.rebalance_id
-            by_attempt.setdefault(attempt if attempt in {r.id for r in pending} else None, [])
-            by_attempt[attempt if attempt in {r.id for r in pending} else None].append(slot)
-        self.fault("recovering")
-        for orphan in by_attempt.pop(None, []):
-            nursery.start_soon(self.transactions.settle, orphan)
+            if attempt in pending_ids:
+                by_attempt.setdefault(attempt, []).append(slot)
+            else:
+                # A nonce whose attempt is already finished (or that has none) is still seen
+                # through: it may be mined any moment.
+                nursery.start_soon(self.transactions.settle, slot)
         for row in pending:
             self.status.recovering += 1
             nursery.start_soon(self._recover_attempt, row, by_attempt.get(row.id, []))
@@ -554,12 +557,8 @@ class Executor:
                     nursery.start_soon(self.transactions.settle, slot)
             intents = await self._until_stored(lambda: self.db.intents_for_rebalance(row.id), log)
             result = attempt_outcome(row.planned_txs, row.planned_swap_txs, intents)
-            result = attrs.evolve(
-                result,
-                error=(result.error + "; " if result.error else "") + "settled after a restart"
-                if result.status != "SUCCESS"
-                else "settled after a restart",
-            )
+            note = "settled after a restart"
+            result = attrs.evolve(result, error=f"{result.error}; {note}" if result.error else note)
             await self._until_stored(lambda: self.db.finish_rebalance(row.id, result), log)
         finally:
             self.status.recovering -= 1
@@ -574,6 +573,7 @@ class Executor:
             try:
                 return await write()
             except (dbm.DatabaseUnavailable, dbm.QueryTimeout) as exc:
+                self.status.last_loop_at = trio.current_time()  # alive, waiting for the database
                 log.warning("database_write_retry", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
                 delay = min(STORE_RETRY_MAX, delay * 2)

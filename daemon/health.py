@@ -43,7 +43,11 @@ Health document (``"schema": 1``; built by :func:`build_health_document`)::
                      "last_tick_age_seconds": 12.3 | null, "max_age_seconds": 120.0,
                      "problems": ["…"]},
       "executor": {"signer": "0x…", "next_nonce": 12 | null, "pending": 0, "handled": 5,
-                   "last_loop_age_seconds": 1.5 | null},
+                   "last_loop_age_seconds": 1.5 | null,
+                   "unsettled": 0,             # nonces signed, not yet provably consumed
+                   "recovering": 0,            # attempts of a previous run being settled
+                   "blocked": null | "nonce 7 cannot be sent: …",   # trading paused
+                   "stuck_seconds": null | 960.0},  # oldest unsettled, past stuck_after
       "database": {"ok": true, "error": null},
       "chain": {"ok": true, "chain_id": 1, "head_block": 19000000 | null,
                 "head_block_at": ISO | null, "head_block_age_seconds": 11.0 | null,
@@ -545,6 +549,8 @@ def build_health_document(
         if trio_now is None or executor.last_loop_at is None
         else round(trio_now - executor.last_loop_at, 3)
     )
+    if executor.degraded is not None:
+        degraded.append(f"executor: {mask_url(executor.degraded)}")
     return {
         "schema": SCHEMA_VERSION,
         "status": "failing" if failing else "degraded" if degraded else "ok",
@@ -571,6 +577,10 @@ def build_health_document(
             "pending": executor.pending,
             "handled": executor.handled,
             "last_loop_age_seconds": loop_age,
+            "unsettled": executor.unsettled,
+            "recovering": executor.recovering,
+            "blocked": _masked(executor.blocked),
+            "stuck_seconds": None if executor.stuck_for is None else round(executor.stuck_for, 1),
         },
         "database": {"ok": database_ok, "error": _masked(database_error)},
         "chain": {

@@ -666,6 +666,7 @@ class SignerTransactions:
             try:
                 return await write()
             except DatabaseError as exc:
+                self.progress_at = trio.current_time()  # alive, waiting for the database
                 log.warning("tx_outcome_not_recorded", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
                 delay = min(STORE_RETRY_MAX, delay * 2)

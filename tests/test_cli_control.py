@@ -171,7 +171,7 @@ async def test_status_prints_every_field(
         "driftd 0.1.0  OK  (pid 4242, up 3 h 05 min)\n"
         "config      generation 4, last reload error: none\n"
         "price feed  oracle, last tick 12 s ago (max 2 min)\n"
-        f"executor    signer {SIGNER}, next nonce 12, 1 pending\n"
+        f"executor    signer {SIGNER}, next nonce 12, 1 pending, 0 unsettled tx\n"
         "database    ok\n"
         "chain       ok, chain id 31337, head block 1234 (7 s old)\n"
         "\n"

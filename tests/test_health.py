@@ -483,6 +483,10 @@ def test_healthy_document_has_every_field() -> None:
             "pending": 1,
             "handled": 5,
             "last_loop_age_seconds": 1.5,
+            "unsettled": 0,
+            "recovering": 0,
+            "blocked": None,
+            "stuck_seconds": None,
         },
         "database": {"ok": True, "error": None},
         "chain": {
@@ -572,6 +576,26 @@ def test_degraded_reasons() -> None:
     ]
     # Without max_head_age (an idle devnet) an old head is not judged.
     assert document(head_block_at=NOW - timedelta(days=1))["status"] == "ok"
+
+
+def test_a_blocked_signer_or_a_stuck_transaction_degrades_health() -> None:
+    blocked = ExecutorStatus(
+        signer=SIGNER,
+        unsettled=1,
+        blocked="nonce 7 cannot be sent: Insufficient funds for gas * price + value",
+    )
+    doc = document(executor=blocked)
+    assert doc["status"] == "degraded"
+    assert doc["problems"] == [
+        "executor: signer blocked: nonce 7 cannot be sent: Insufficient funds for gas * price"
+        " + value"
+    ]
+    assert doc["executor"]["blocked"] == blocked.blocked
+    assert doc["executor"]["unsettled"] == 1
+    stuck = document(executor=ExecutorStatus(signer=SIGNER, unsettled=2, stuck_for=960.04))
+    assert stuck["status"] == "degraded"
+    assert stuck["problems"] == ["executor: a transaction has been unsettled for 960 s"]
+    assert stuck["executor"]["stuck_seconds"] == 960.0
 
 
 def test_no_tick_yet_is_degraded_during_startup_then_failing() -> None:
