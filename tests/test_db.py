@@ -26,6 +26,7 @@ from daemon.db import (
     PriceObservation,
     QueryTimeout,
     RebalanceOutcome,
+    RebalanceRefused,
     TxReceipt,
     migrate,
     open_database,
@@ -594,3 +595,111 @@ async def test_expired_or_released_lease_can_be_taken_and_refuses_intents(db: Da
     await db.release_signer_lease(taken)
     again = await db.acquire_signer_lease(1, SIGNER, "host-c:3", 60)
     assert again.fencing_token == 3
+
+
+async def test_one_pending_attempt_per_portfolio_is_enforced_by_the_database(
+    db: Database,
+) -> None:
+    """Finding 2 of issue 10: a restarted actor planned again while its first request was in
+    the executor, and both traded. The second PENDING row is refused by a unique index."""
+    portfolio_id = await _seed(db)
+    first = await db.start_rebalance(
+        portfolio_id, drift_percentage=Decimal("0.2"), chain_id=1, signer=SIGNER
+    )
+    with pytest.raises(RebalanceRefused, match="in flight"):
+        await db.start_rebalance(
+            portfolio_id, drift_percentage=Decimal("0.2"), chain_id=1, signer=SIGNER
+        )
+    assert [r.id for r in await db.rebalance_history()] == [first]
+    await db.finish_rebalance(first, RebalanceOutcome(status="FAILED", error="test"))
+    second = await db.start_rebalance(portfolio_id, drift_percentage=Decimal("0.2"))
+    assert second != first
+
+
+async def test_a_plan_older_than_the_last_mined_swap_is_refused(db: Database) -> None:
+    portfolio_id = await _seed(db)
+    await db.acquire_signer_lease(1, SIGNER, "test:1", 60)
+    rebalance_id = await db.start_rebalance(
+        portfolio_id, drift_percentage=Decimal("0.2"), chain_id=1, signer=SIGNER, balances_block=90
+    )
+    intent = await db.insert_intent(attrs_evolve_rebalance(_intent(0, "0a"), rebalance_id))
+    receipt = TxReceipt(block_number=100, gas_used=1, effective_gas_price=1, succeeded=True)
+    await db.record_intent_receipt(intent.id, receipt)
+    await db.finish_rebalance(
+        rebalance_id, RebalanceOutcome(status="SUCCESS", transaction_hash=intent.tx_hash)
+    )
+    # Balances read before block 100 do not include that swap: the plan is stale.
+    with pytest.raises(RebalanceRefused, match="block 99"):
+        await db.start_rebalance(portfolio_id, drift_percentage=Decimal("0.2"), balances_block=99)
+    assert [r.status for r in await db.rebalance_history()] == ["SUCCESS"]
+    fresh = await db.start_rebalance(
+        portfolio_id, drift_percentage=Decimal("0.2"), balances_block=100
+    )
+    assert fresh > rebalance_id
+
+
+async def test_recovery_sees_only_its_own_signers_pending_rows(db: Database) -> None:
+    """Finding 3 of issue 10: process B's recovery finished process A's in-flight row."""
+    portfolio_id = await _seed(db)
+    other = await db.add_portfolio(
+        "other",
+        ACCOUNT,
+        chain_id=1,
+        targets={"WETH": Decimal("1")},
+        delegation=DELEGATION,
+    )
+    mine = await db.start_rebalance(portfolio_id, drift_percentage=None, chain_id=1, signer=SIGNER)
+    theirs = await db.start_rebalance(
+        other.id, drift_percentage=None, chain_id=1, signer="0x" + "66" * 20
+    )
+    assert [r.id for r in await db.pending_rebalances(1, SIGNER)] == [mine]
+    assert [r.id for r in await db.pending_rebalances(1, "0x" + "66" * 20)] == [theirs]
+    assert await db.pending_rebalances(5, SIGNER) == []
+    assert {r.id for r in await db.pending_rebalances()} == {mine, theirs}
+
+
+async def test_nonce_versions_keep_replaced_versions_of_live_nonces(db: Database) -> None:
+    await _seed(db)
+    await db.acquire_signer_lease(1, SIGNER, "test:1", 60)
+    settled = await db.insert_intent(_intent(1, "b1"))
+    receipt = TxReceipt(block_number=5, gas_used=1, effective_gas_price=1, succeeded=True)
+    await db.record_intent_receipt(settled.id, receipt)
+    first = await db.insert_intent(_intent(2, "b2"))
+    bumped = await db.replace_intent(first.id, _intent(2, "b3", fee=12))
+    versions = await db.nonce_versions(1, SIGNER)
+    assert [(v.nonce, v.id, v.status) for v in versions] == [
+        (2, first.id, "REPLACED"),
+        (2, bumped.id, "SIGNED"),
+    ]
+    assert await db.nonce_versions(2, SIGNER) == []
+    await db.drop_nonce(1, SIGNER, 2, "consumed")
+    assert await db.nonce_versions(1, SIGNER) == []
+    assert {i.status for i in await db.intents_by_status("DROPPED")} == {"DROPPED"}
+
+
+async def test_pause_is_stored_in_the_portfolio(db: Database) -> None:
+    await _seed(db)
+    paused = await db.set_portfolio_paused("main", True)
+    assert paused.is_paused
+    [again] = await db.active_portfolios(chain_id=1)
+    assert again.is_paused
+    assert await db.active_portfolios(chain_id=2) == []
+    assert not (await db.set_portfolio_paused("main", False)).is_paused
+    with pytest.raises(NotFound):
+        await db.set_portfolio_paused("nope", True)
+
+
+async def test_failure_streaks_count_failures_since_the_last_trade(db: Database) -> None:
+    portfolio_id = await _seed(db)
+    for status in ("FAILED", "SUCCESS", "FAILED", "SKIPPED", "FAILED"):
+        outcome = RebalanceOutcome(
+            status=status,  # type: ignore[arg-type]
+            error="x" if status == "FAILED" else None,
+            skip_reason="y" if status == "SKIPPED" else None,
+            transaction_hash="0x" + "ab" * 32 if status == "SUCCESS" else None,
+        )
+        await db.record_rebalance(portfolio_id, outcome, drift_percentage=None)
+    streaks = await db.failure_streaks()
+    count, at = streaks[portfolio_id]
+    assert count == 2
+    assert at == (await db.rebalance_history(portfolio_id))[0].finished_at
