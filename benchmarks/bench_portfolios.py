@@ -125,9 +125,14 @@ async def actor_ticks(
     """Seconds from a snapshot's publication until every actor has evaluated it."""
     snapshots: Latest[PriceSnapshot] = Latest()
     executor, _executor_inbox = trio.open_memory_channel[RebalanceRequest](0)
+    async def read_with_block(
+        account: str, tokens: list[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        return await read(account, tokens), None
+
     deps = PortfolioDeps(
         snapshots=snapshots,
-        read_balances=read,
+        read_balances=read_with_block,
         executor=executor,
         params=lambda: RuntimeParams(
             engine=EngineParams(),
@@ -224,7 +229,7 @@ async def bench_memory(tokens: Sequence[Token], count: int = 2000) -> tuple[floa
     snapshots: Latest[PriceSnapshot] = Latest()
     executor, _inbox = trio.open_memory_channel[RebalanceRequest](0)
 
-    async def no_read(account: str, tokens: list[str]) -> dict[str, int]:
+    async def no_read(account: str, tokens: list[str]) -> tuple[dict[str, int], int | None]:
         raise AssertionError("idle actors read nothing")
 
     deps = PortfolioDeps(

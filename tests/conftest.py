@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-pytest_plugins = ["fixtures_db", "fixtures_chain"]
+pytest_plugins = ["fixtures_db", "fixtures_chain", "reliability"]
 
 
 @pytest.fixture(autouse=True)
