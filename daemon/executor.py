@@ -232,6 +232,8 @@ class Executor:
         """Liveness: publish the lifecycle's state for health and alert a stuck nonce once."""
         while True:
             tx = self.transactions
+            if tx.wrong_chain is not None and not tx.slots:
+                await tx.recheck_chain()
             now = trio.current_time()
             self.status.next_nonce = tx.next_nonce
             self.status.unsettled = len(tx.slots)

@@ -64,8 +64,10 @@ from daemon.chain import (
 )
 from daemon.db import (
     DatabaseError,
+    DatabaseUnavailable,
     IntentPurpose,
     NewTxIntent,
+    QueryTimeout,
     TxIntent,
     TxReceipt,
 )
@@ -289,12 +291,19 @@ def opening_fees(fees: FeeData, ceiling: int) -> tuple[int, int]:
     return max_fee, priority
 
 
-def replacement_fees(newest: TxIntent, base_fee: int, bump: Decimal) -> tuple[int, int]:
+def replacement_fees(
+    newest: TxIntent, base_fee: int, bump: Decimal, ceiling: int | None = None
+) -> tuple[int, int]:
     """Fees of a replacement: both raised by at least ``bump`` over the newest version (what
-    nodes require to replace it) and enough for today's base fee."""
+    nodes require to replace it) and enough for today's base fee, with room for it to double
+    — but no more than ``ceiling`` when the ceiling still pays the bump and today's base fee.
+    A ``max_fee`` above ``ceiling`` means no replacement fits under it."""
     priority = max(_bump(newest.max_priority_fee_per_gas or 1, bump), 1)
-    max_fee = max(_bump(newest.max_fee_per_gas or 1, bump), 2 * base_fee + priority)
-    return max_fee, priority
+    least = max(_bump(newest.max_fee_per_gas or 1, bump), base_fee + priority)
+    wanted = max(least, 2 * base_fee + priority)
+    if ceiling is not None and least <= ceiling:
+        wanted = min(wanted, ceiling)
+    return wanted, priority
 
 
 # --- the lifecycle ------------------------------------------------------------------------------
@@ -330,12 +339,25 @@ class SignerTransactions:
 
     def blocked(self) -> str | None:
         """Why no new nonce may be allocated now, or None."""
-        if self.wrong_chain is not None:
-            return self.wrong_chain
+        return self.wrong_chain or self._unsendable()
+
+    def _unsendable(self) -> str | None:
         for slot in self.slots.values():
             if slot.unsendable is not None:
                 return f"nonce {slot.nonce} cannot be sent: {slot.unsendable}"
         return None
+
+    async def recheck_chain(self) -> None:
+        """Ask the node which chain it serves (clears :attr:`wrong_chain` once it is ours
+        again); the settle loops do this too, this serves while nothing is in flight."""
+        try:
+            view = await self.node.observe(self.signer.address, [])
+        except ChainError:
+            return
+        if view.chain_id == self.chain_id:
+            self.wrong_chain = None
+        else:
+            self._wrong_chain(view.chain_id)
 
     def oldest_open_at(self) -> float | None:
         """trio time the oldest unsettled nonce was opened (health's "stuck")."""
@@ -376,12 +398,13 @@ class SignerTransactions:
         :class:`~daemon.chain.ChainError` only while nothing is signed."""
         settings = self.settings()
         async with self._allocating:
-            reason = self.blocked()
+            reason = self._unsendable()
             if reason is not None:
                 raise SignerBlocked(reason)
             mined = await self.node.observe(self.signer.address, [])
             if mined.chain_id != self.chain_id:
                 raise SignerBlocked(self._wrong_chain(mined.chain_id))
+            self.wrong_chain = None
             # Nonces another sender used are skipped; our own unsettled ones are never reused.
             nonce = max(
                 mined.mined_nonce,
@@ -391,15 +414,14 @@ class SignerTransactions:
             max_fee, priority = opening_fees(await self.node.fees(), settings.max_fee_per_gas)
             tx = self._request(plan, nonce, max_fee, priority)
             signed = self.signer.sign(tx)
-            with trio.CancelScope(shield=True):
-                intent = await self.store.insert_intent(self._intent(plan, tx, signed))
-                # From here the nonce belongs to this intent, whatever happens next.
-                self.next_nonce = nonce + 1
-                now = trio.current_time()
-                slot = NonceSlot(
-                    nonce=nonce, plan=plan, versions=[intent], opened_at=now, version_at=now
-                )
-                self.slots[nonce] = slot
+            intent = await self._insert(self._intent(plan, tx, signed))
+            # From here the nonce belongs to this intent, whatever happens next.
+            self.next_nonce = nonce + 1
+            now = trio.current_time()
+            slot = NonceSlot(
+                nonce=nonce, plan=plan, versions=[intent], opened_at=now, version_at=now
+            )
+            self.slots[nonce] = slot
         self._log.info(
             "intent_recorded",
             nonce=nonce,
@@ -429,7 +451,8 @@ class SignerTransactions:
                     failures += 1
                     slot.trouble = str(exc)
                     log.warning("tx_check_failed", error=str(exc), failures=failures)
-                    await trio.sleep(min(RESEND_BACKOFF_MAX, settings.poll_interval * 2**failures))
+                    backoff = settings.poll_interval * 2 ** min(failures, 8)
+                    await trio.sleep(min(RESEND_BACKOFF_MAX, backoff))
                     continue
                 failures = 0
                 if view.chain_id != self.chain_id:
@@ -477,7 +500,9 @@ class SignerTransactions:
                 outcome=outcome,
             )
             return Settled(slot.nonce, outcome, receipt, recorded)
-        if view.mined_nonce <= slot.nonce:
+        if view.mined_nonce <= slot.nonce or any(h in view.known for h in slot.hashes):
+            # Not consumed, or one of ours is known to the node (mined, its receipt not served
+            # yet): wait.
             slot.consumed_since = None
             return None
         now = trio.current_time()
@@ -509,7 +534,9 @@ class SignerTransactions:
             slot.last_send_error = None
             self._unblocked(slot, log)
             return
-        if now < slot.next_send_at:
+        if now < slot.next_send_at or view.mined_nonce > slot.nonce:
+            # Not due; or the nonce is mined already (ours, receipt on its way, or another
+            # sender's): sending again could only be refused.
             return
         try:
             await self.node.send(newest.raw_tx)
@@ -550,21 +577,26 @@ class SignerTransactions:
         ceiling = cancel_ceiling if cancelling else settings.max_fee_per_gas
         deadline = slot.plan.deadline if slot.plan is not None else None
         waited = now - slot.version_at
+        below_base_fee = not anything_known and view.base_fee + 1 > (newest.max_fee_per_gas or 0)
+        # A version no node has is only re-signed when its fee is what keeps it out; bumping
+        # it for waiting (no gas money, say) would only raise the balance it needs.
+        stuck = anything_known and waited > settings.receipt_timeout
         reason: str | None = None
         cancel = False
         if not cancelling and deadline is not None and view.head_timestamp > deadline:
             reason, cancel = f"the trade's deadline {deadline} has passed", True
-        elif not cancelling and slot.plan is None and waited > settings.receipt_timeout:
+        elif not cancelling and slot.plan is None and (stuck or below_base_fee):
+            # Recorded before plans were stored: it cannot be re-signed, only cancelled.
             reason, cancel = "a recovered transaction without a stored plan is stuck", True
-        elif not anything_known and view.base_fee + 1 > (newest.max_fee_per_gas or 0):
+        elif below_base_fee:
             reason = f"its max fee is below the base fee {view.base_fee}"
-        elif waited > settings.receipt_timeout:
+        elif stuck:
             reason = f"not mined after {waited:.0f} s"
         if reason is None:
             return
-        max_fee, priority = replacement_fees(newest, view.base_fee, settings.fee_bump)
         if cancel:
             ceiling = cancel_ceiling
+        max_fee, priority = replacement_fees(newest, view.base_fee, settings.fee_bump, ceiling)
         if max_fee > ceiling:
             if waited > settings.receipt_timeout:
                 log.warning("fee_ceiling_reached", reason=reason, max_fee=max_fee, ceiling=ceiling)
@@ -591,13 +623,16 @@ class SignerTransactions:
                     newest.id, self._intent(plan, tx, signed)
                 )
         except DatabaseError as exc:
-            # Unrecorded, so unsent: keep sending what is recorded and try again later.
+            # Unsent either way. It may have been committed with its answer lost: carry on
+            # with whatever the store holds for this nonce.
             log.warning("tx_replacement_not_recorded", error=str(exc))
+            await self._resync(slot, log)
             return
         slot.versions[-1] = attrs.evolve(newest, status="REPLACED")
         slot.versions.append(replacement)
         slot.version_at = now
         slot.next_send_at = 0.0
+        slot.failed_sends = 0
         log.info(
             "tx_replaced",
             reason=reason,
@@ -659,13 +694,49 @@ class SignerTransactions:
             log.warning("intent_mark_failed", error=str(exc))
             return intent
 
+    async def _insert(self, new: NewTxIntent) -> TxIntent:
+        """Record a first version. If the database's answer was lost, the row may exist: ask
+        (waiting for the database) rather than leave a live intent nobody watches."""
+        try:
+            with trio.CancelScope(shield=True):
+                recorded = await self.store.insert_intent(new)
+            return recorded
+        except (DatabaseUnavailable, QueryTimeout):
+            # Not shielded: cancelled here (shutdown), recovery finds the row if it exists.
+            stored = await self._until_stored(
+                lambda: self.store.nonce_versions(self.chain_id, self.signer.address), self._log
+            )
+            found = next((v for v in stored if v.tx_hash == new.tx_hash), None)
+            if found is None:
+                raise  # not recorded, so never sent
+            return found
+
+    async def _resync(self, slot: NonceSlot, log: Any) -> None:
+        """Take the store's versions of ``slot``'s nonce as the truth (after an ambiguous
+        write); on failure keep what we have and try again on the next replacement."""
+        try:
+            stored = await self.store.nonce_versions(self.chain_id, self.signer.address)
+        except DatabaseError as exc:
+            log.warning("tx_versions_not_read", error=str(exc))
+            return
+        mine = sorted((v for v in stored if v.nonce == slot.nonce), key=lambda v: v.id)
+        live = [v for v in mine if v.live]
+        if not live:
+            return
+        if live[-1].id != slot.newest.id:
+            slot.versions = [v for v in mine if not v.live] + live[-1:]
+            slot.version_at = trio.current_time()
+            slot.next_send_at = 0.0
+            slot.failed_sends = 0
+
     async def _until_stored(self, write: Callable[[], Awaitable[T]], log: Any) -> T:
-        """A write the lifecycle cannot go on without: retried until the database takes it."""
+        """A write the lifecycle cannot go on without: retried while the database is
+        unreachable (anything else is a bug, raised: the process restarts into recovery)."""
         delay = self.settings().poll_interval
         while True:
             try:
                 return await write()
-            except DatabaseError as exc:
+            except (DatabaseUnavailable, QueryTimeout) as exc:
                 self.progress_at = trio.current_time()  # alive, waiting for the database
                 log.warning("tx_outcome_not_recorded", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
