@@ -699,8 +699,7 @@ class SignerTransactions:
         (waiting for the database) rather than leave a live intent nobody watches."""
         try:
             with trio.CancelScope(shield=True):
-                recorded = await self.store.insert_intent(new)
-            return recorded
+                return await self.store.insert_intent(new)
         except (DatabaseUnavailable, QueryTimeout):
             # Not shielded: cancelled here (shutdown), recovery finds the row if it exists.
             stored = await self._until_stored(
@@ -710,6 +709,7 @@ class SignerTransactions:
             if found is None:
                 raise  # not recorded, so never sent
             return found
+        raise AssertionError("a shielded scope does not swallow the insert's outcome")
 
     async def _resync(self, slot: NonceSlot, log: Any) -> None:
         """Take the store's versions of ``slot``'s nonce as the truth (after an ambiguous
