@@ -684,6 +684,7 @@ async def run_daemon(
                 accepting=lambda: daemon.accepting,
                 record_valuation=daemon.record_valuation,
                 signer_blocked=lambda: daemon.executor.transactions.blocked(),
+                in_flight=lambda portfolio_id: portfolio_id in daemon.executor.in_flight,
                 healthy=supervisor.mark_healthy,
             )
             primary, secondary = price_sources(config, uniswap, http, now)

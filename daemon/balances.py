@@ -4,8 +4,9 @@ Every price snapshot wakes every portfolio actor at once, and each needs its acc
 balances. One ``ChainClient.balances`` per actor would cost N HTTP round trips per tick — with
 thousands of portfolios against a hosted RPC, a flood. The :class:`BalanceBatcher` is one actor
 that collects the reads arriving within a short ``window`` (or until ``max_calls`` ``eth_call``
-are gathered) and sends them as one JSON-RPC batch of ``balanceOf`` calls; each caller gets its own
-balances or its own typed error.
+are gathered) and sends them as one JSON-RPC batch of ``balanceOf`` calls, all at one explicit
+block (the head's number, asked just before: two round trips per batch); each caller gets its own
+balances, that block number, or its own typed error.
 
 Protocol (the DESIGN.md pattern): :meth:`BalanceBatcher.read` puts a :class:`BalanceRead` carrying
 a reply channel of capacity 1 on the batcher's memory channel and waits on the reply. The batcher
@@ -171,9 +172,9 @@ class BalanceBatcher:
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
     ) -> tuple[dict[str, int], int | None]:
-        """Like :meth:`read`, with the head block number the node reported first in the same
-        batch: the balances are of that block or a later one (None when no token was asked).
-        The executor refuses a plan whose balances predate a trade of the portfolio."""
+        """Like :meth:`read`, with the block the balances were read at (the head when their
+        batch left; None when no token was asked). The executor refuses a plan whose balances
+        predate a trade of the portfolio."""
         account_hex = _account_hex(account)
         token_addresses = tuple(self._token_address(token) for token in tokens)
         if not token_addresses:
@@ -279,20 +280,21 @@ class BalanceBatcher:
             self.abandoned += len(group) - len(live)
             if not live:
                 return
-            # The head first: nodes answer a batch in order, so every balance below is of this
-            # block or a later one.
-            calls: list[RpcCall] = [("eth_blockNumber", [])]
-            for request in live:
-                data = _BALANCE_OF_HEX + _ADDRESS_PAD + request.account[2:]
-                calls.extend(
-                    ("eth_call", [{"to": token, "data": data}, "latest"])
-                    for token in request.tokens
-                )
             self.batches += 1
-            self.calls += len(calls) - 1
             try:
-                head, *outcomes = await self.chain.batch_outcomes(calls)
-                block = _block_number(head)
+                # Every balance is read at one explicit block, the head when the batch left:
+                # a plan then knows exactly which trades its balances include, even behind a
+                # load balancer whose backends lag ("latest" could be an older state).
+                block = _block_number(await self.chain.request("eth_blockNumber"))
+                tag = hex(block)
+                calls: list[RpcCall] = []
+                for request in live:
+                    data = _BALANCE_OF_HEX + _ADDRESS_PAD + request.account[2:]
+                    calls.extend(
+                        ("eth_call", [{"to": token, "data": data}, tag]) for token in request.tokens
+                    )
+                self.calls += len(calls)
+                outcomes = await self.chain.batch_outcomes(calls)
             except ChainError as error:
                 self._fail_all(live, error)
                 return
@@ -332,9 +334,7 @@ def _answer(request: BalanceRead, reply: BalanceReply) -> None:
         request.reply.send_nowait(reply)
 
 
-def _block_number(outcome: Json | ChainError) -> int:
-    if isinstance(outcome, ChainError):
-        raise outcome
+def _block_number(outcome: Json) -> int:
     try:
         return int(outcome, 16)
     except (TypeError, ValueError):

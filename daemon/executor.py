@@ -170,6 +170,8 @@ class Executor:
     _log: Any = attrs.field(init=False)
     _recent_gas: dict[tuple[int, int], deque[Decimal]] = attrs.field(init=False, factory=dict)
     _alerted_stuck: set[int] = attrs.field(init=False, factory=set)
+    in_flight: set[int] = attrs.field(init=False, factory=set)
+    """Portfolio ids with an attempt being carried out or recovered."""
 
     def __attrs_post_init__(self) -> None:
         self.status = ExecutorStatus(signer=self.signer.address)
@@ -268,6 +270,8 @@ class Executor:
         log = self._log.bind(portfolio=request.portfolio_name)
         started = trio.current_time()
         self.status.begin()
+        mine = request.portfolio_id not in self.in_flight
+        self.in_flight.add(request.portfolio_id)
         try:
             refusal = self._refusal(request)
             rebalance_id: int | None = None
@@ -305,6 +309,8 @@ class Executor:
                 await self._until_stored(lambda: self.db.finish_rebalance(rid, result), log)
         finally:
             self.status.end()
+            if mine:
+                self.in_flight.discard(request.portfolio_id)
         self.status.handled += 1
         self._finished(request.portfolio_id, request.portfolio_name, rebalance_id, result, log)
         if result.status == "SUCCESS" and result.gas_cost_usd is not None:
@@ -416,7 +422,17 @@ class Executor:
         for index, (call, purpose) in enumerate(zip(calls, purposes, strict=True)):
             try:
                 slot = await self._submit(call, purpose, index, rebalance_id, prepared.deadline)
-            except (RebalanceAborted, SignerBlocked, FeeAboveCeiling, ChainError) as exc:
+            except SignerBlocked as exc:
+                if index == 0:
+                    # Nothing signed: not an attempt that failed, a trade that did not start.
+                    return dbm.RebalanceOutcome(
+                        status="SKIPPED",
+                        skip_reason=f"No trade: the signer cannot send: {exc}",
+                        expected_outputs=prepared.expected,
+                    )
+                stopped = _error_text(exc)
+                break
+            except (RebalanceAborted, FeeAboveCeiling, ChainError) as exc:
                 stopped = _error_text(exc)
                 break
             except dbm.DatabaseError as exc:
@@ -546,6 +562,7 @@ class Executor:
                 nursery.start_soon(self.transactions.settle, slot)
         for row in pending:
             self.status.recovering += 1
+            self.in_flight.add(row.portfolio_id)
             nursery.start_soon(self._recover_attempt, row, by_attempt.get(row.id, []))
         self._log.info("recovery_started", nonces=len(slots), attempts=len(pending))
 
@@ -559,11 +576,23 @@ class Executor:
                     nursery.start_soon(self.transactions.settle, slot)
             intents = await self._until_stored(lambda: self.db.intents_for_rebalance(row.id), log)
             result = attempt_outcome(row.planned_txs, row.planned_swap_txs, intents)
+            reverted = next(
+                (i for i in intents if i.status == "REVERTED" and i.purpose != "cancel"), None
+            )
+            if reverted is not None and result.error is not None:
+                reason = await self._revert_reason(reverted.tx_hash)
+                result = attrs.evolve(
+                    result,
+                    error=result.error.replace(
+                        "transaction reverted", f"transaction reverted: {reason}", 1
+                    ),
+                )
             note = "settled after a restart"
             result = attrs.evolve(result, error=f"{result.error}; {note}" if result.error else note)
             await self._until_stored(lambda: self.db.finish_rebalance(row.id, result), log)
         finally:
             self.status.recovering -= 1
+            self.in_flight.discard(row.portfolio_id)
         name = str(row.portfolio_id)
         self._finished(row.portfolio_id, name, row.id, result, log)
 

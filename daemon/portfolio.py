@@ -26,6 +26,7 @@ import attrs
 import trio
 from structlog.typing import FilteringBoundLogger
 
+from daemon.chain import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.drift import Decision, EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
 from daemon.latest import Latest
@@ -105,6 +106,8 @@ class PortfolioDeps:
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
     signer_blocked: Callable[[], str | None] = lambda: None
     """Why the executor's signer cannot send now (no gas money…): no request is made meanwhile."""
+    in_flight: Callable[[int], bool] = lambda portfolio_id: False
+    """Whether the executor is carrying out (or recovering) an attempt of this portfolio."""
     healthy: Callable[[str], None] = lambda portfolio: None
     """Called with the portfolio's name after each completed evaluation (resets the
     supervisor's restart backoff)."""
@@ -158,9 +161,14 @@ async def evaluate_portfolio(
         if "stale" in prices:
             deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices})
         return _skip(state, log, prices)
-    by_address, balances_block = await deps.read_balances(
-        spec.account, [t.address for t in spec.tokens]
-    )
+    try:
+        by_address, balances_block = await deps.read_balances(
+            spec.account, [t.address for t in spec.tokens]
+        )
+    except ChainError as exc:
+        # The node is unwell, not the portfolio: skip this tick (crashing would park the actor
+        # after a few ticks of an RPC outage, and nothing would resume it).
+        return _skip(state, log, f"No trade: balances unavailable: {exc}")
     holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
     try:
         decision = evaluate(holdings, spec.targets, prices, snapshot.health, params.engine)
@@ -194,6 +202,15 @@ async def evaluate_portfolio(
         )
     if not deps.accepting():
         return _skip(state, log, "No trade: the daemon is stopping", max_drift=decision.max_drift)
+    if deps.in_flight(spec.id):
+        # An attempt of this portfolio (made before this actor restarted, or being recovered)
+        # is still settling; the executor would refuse, this saves it the row.
+        return _skip(
+            state,
+            log,
+            "No trade: a rebalance of this portfolio is in flight",
+            max_drift=decision.max_drift,
+        )
     blocked = deps.signer_blocked()
     if blocked is not None:
         return _skip(

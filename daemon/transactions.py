@@ -54,6 +54,7 @@ from daemon.chain import (
     FeeData,
     Json,
     Receipt,
+    RpcError,
     RpcTransportError,
     SignedTx,
     TxRequest,
@@ -257,6 +258,9 @@ class NonceSlot:
     """trio time the newest version was recorded (or recovered)."""
     next_send_at: float = 0.0
     failed_sends: int = 0
+    refusals: int = 0
+    """Sends the node answered with an error (not transport failures): counts toward
+    :attr:`unsendable`."""
     last_send_error: str | None = None
     unsendable: str | None = None
     """Why no node takes any version of this nonce; set, it blocks new allocations."""
@@ -464,8 +468,11 @@ class SignerTransactions:
                 settled = await self._settled(slot, view, settings, log)
                 if settled is not None:
                     return settled
-                await self._send_if_due(slot, view, settings, log)
+                # Replace before sending: a version past its deadline, or below the base fee,
+                # is never sent again once a successor is due (a recovered expired swap would
+                # only be mined to revert).
                 await self._replace_if_due(slot, view, settings, log)
+                await self._send_if_due(slot, view, settings, log)
                 await trio.sleep(settings.poll_interval)
         finally:
             # Settled, or cancelled (shutdown): either way this task no longer watches it; a
@@ -531,6 +538,7 @@ class SignerTransactions:
             if newest.status == "SIGNED":
                 slot.versions[-1] = await self._mark_broadcast(newest, log)
             slot.failed_sends = 0
+            slot.refusals = 0
             slot.last_send_error = None
             self._unblocked(slot, log)
             return
@@ -544,6 +552,10 @@ class SignerTransactions:
             # Not a verdict: the next observation asks the node whether it has the hash.
             slot.last_send_error = str(exc)[:300]
             slot.failed_sends += 1
+            if isinstance(exc, RpcError):
+                # The node answered and refused (an unreachable node says nothing about the
+                # transaction, so it does not count toward blocking the signer).
+                slot.refusals += 1
             log.warning("tx_send_failed", tx_hash=newest.tx_hash, error=slot.last_send_error)
         else:
             slot.last_send_error = None
@@ -551,7 +563,7 @@ class SignerTransactions:
         slot.next_send_at = now + min(RESEND_BACKOFF_MAX, backoff)
         anything_known = any(h in view.known for h in slot.hashes)
         if (
-            slot.failed_sends >= UNSENDABLE_AFTER
+            slot.refusals >= UNSENDABLE_AFTER
             and not anything_known
             and slot.unsendable is None
             and slot.last_send_error is not None
@@ -632,7 +644,7 @@ class SignerTransactions:
         slot.versions.append(replacement)
         slot.version_at = now
         slot.next_send_at = 0.0
-        slot.failed_sends = 0
+        slot.failed_sends = slot.refusals = 0
         log.info(
             "tx_replaced",
             reason=reason,
@@ -727,7 +739,7 @@ class SignerTransactions:
             slot.versions = [v for v in mine if not v.live] + live[-1:]
             slot.version_at = trio.current_time()
             slot.next_send_at = 0.0
-            slot.failed_sends = 0
+            slot.failed_sends = slot.refusals = 0
 
     async def _until_stored(self, write: Callable[[], Awaitable[T]], log: Any) -> T:
         """A write the lifecycle cannot go on without: retried while the database is

@@ -7,6 +7,8 @@ After a scenario the suite asks the chain and the database, never the daemon's o
   receipt on chain succeeded; PARTIAL ⇒ some swap mined, not all; FAILED ⇒ no swap of the
   attempt mined successfully. Every CONFIRMED/REVERTED intent agrees with its on-chain receipt.
 * ``no_live_intent``: no SIGNED/BROADCAST intent is left (every nonce settled).
+* ``superseded_versions_not_mined``: no version recorded REPLACED or DROPPED is mined (else a
+  FAILED row could hide a trade).
 * ``no_nonce_gap``: the signer's mined nonce equals its pending nonce (nothing queued or stuck).
 * ``every_tx_accounted``: every transaction the signer mined since the scenario began is one of
   our recorded intents (except those the scenario itself sent as "another sender").
@@ -132,7 +134,8 @@ def render(scenarios: Iterable[Scenario]) -> str:
         "",
         "Invariants: one terminal row per attempt; rows tell the truth (SUCCESS ⇔ every planned "
         "transaction mined successfully, PARTIAL ⇒ some swap mined, FAILED ⇒ none); no live "
-        "intent left; no nonce gap; every mined transaction of the signer is a recorded intent; "
+        "intent left; no version recorded as replaced or dropped was mined; no nonce gap; "
+        "every mined transaction of the signer is a recorded intent; "
         "each market move traded at most once.",
         "",
         "| scenario | finding | injected | outcome | checks | result |",
@@ -200,6 +203,15 @@ async def check_invariants(
 
     live = await db.intents_by_status("SIGNED", "BROADCAST")
     checks.append(Check("no_live_intent", not live, f"live intents {[i.id for i in live]}"))
+
+    superseded_mined = [
+        f"intent {intent.id} {intent.status} is mined"
+        for intent in await db.intents_by_status("REPLACED", "DROPPED")
+        if await chain.get_transaction_receipt(intent.tx_hash) is not None
+    ]
+    checks.append(
+        Check("superseded_versions_not_mined", not superseded_mined, "; ".join(superseded_mined))
+    )
 
     mined_nonce = await chain.get_transaction_count(signer, "latest")
     pending_nonce = await chain.get_transaction_count(signer, "pending")
