@@ -125,6 +125,7 @@ async def actor_ticks(
     """Seconds from a snapshot's publication until every actor has evaluated it."""
     snapshots: Latest[PriceSnapshot] = Latest()
     executor, _executor_inbox = trio.open_memory_channel[RebalanceRequest](0)
+
     async def read_with_block(
         account: str, tokens: list[str]
     ) -> tuple[Mapping[str, int], int | None]:
