@@ -35,6 +35,10 @@ async def chain(devnet: Devnet) -> AsyncIterator[ChainClient]:
             yield client
         finally:
             await evm_revert(client, snapshot)
+            # anvil keeps its next base fee across a revert: a test that spiked it would make
+            # the next test's transactions "below the base fee". Back to the snapshot's.
+            latest = await client.latest_block()
+            await client.request("anvil_setNextBlockBaseFeePerGas", [hex(latest.base_fee)])
 
 
 async def send_call(

@@ -15,13 +15,15 @@ After a scenario the suite asks the chain and the database, never the daemon's o
 * ``swaps_at_most_once``: at most ``max_swaps`` successful swap transactions were mined (one per
   market move the scenario made).
 
-The records of every scenario are written to ``docs/reliability.md`` at the end of the session
-(only when every scenario of the suite ran, so a partial run does not overwrite the report).
+The records of every scenario are written at the end of the session to the file named by
+``$TEST_RELIABILITY_REPORT`` (``./dev test`` sets ``docs/reliability.md``), and only when every
+collected scenario ran: a developer's partial run (``-k``, one file) writes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import pytest
 from daemon import db as dbm
 from daemon.chain import ChainClient, hex_int, to_address
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+REPORT_ENV = "TEST_RELIABILITY_REPORT"
 
 
 @attrs.define
@@ -84,10 +86,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item], config: pytest.Confi
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     recorder = session.config.stash[_RECORDER]
-    if not recorder.scenarios or len(recorder.scenarios) < recorder.expected:
+    target = os.environ.get(REPORT_ENV)
+    if not target or not recorder.scenarios or len(recorder.scenarios) < recorder.expected:
         return
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(render(recorder.scenarios))
+    report = Path(target)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render(recorder.scenarios))
 
 
 _RECORDER = pytest.StashKey[Recorder]()
