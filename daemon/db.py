@@ -1054,19 +1054,7 @@ class Database:
 
     async def set_portfolio_paused(self, key: int | str, paused: bool) -> Portfolio:
         """``driftd pause`` / ``resume``: durable, announced on :data:`PORTFOLIO_CHANNEL`."""
-
-        async def work(conn: asyncpg.Connection) -> Portfolio:
-            column = "id" if isinstance(key, int) else "name"
-            portfolio_id = await conn.fetchval(
-                f"UPDATE portfolio SET is_paused = $2 WHERE {column} = $1 RETURNING id",  # noqa: S608
-                key,
-                paused,
-            )
-            if portfolio_id is None:
-                raise NotFound(f"no portfolio {key!r}")
-            return (await _load_portfolios(conn, "p.id = $1", portfolio_id))[0]
-
-        return await self._unit(work)
+        return await self._set_portfolio_flag(key, "is_paused", paused)
 
     async def portfolio(self, key: int | str) -> Portfolio:
         """One portfolio by id or name; :class:`NotFound` if there is none."""
@@ -1082,13 +1070,17 @@ class Database:
 
     async def set_portfolio_active(self, key: int | str, active: bool) -> Portfolio:
         """Activate or deactivate a portfolio (announced on :data:`PORTFOLIO_CHANNEL`)."""
+        return await self._set_portfolio_flag(key, "is_active", active)
 
+    async def _set_portfolio_flag(
+        self, key: int | str, flag: Literal["is_active", "is_paused"], value: bool
+    ) -> Portfolio:
         async def work(conn: asyncpg.Connection) -> Portfolio:
             column = "id" if isinstance(key, int) else "name"
             portfolio_id = await conn.fetchval(
-                f"UPDATE portfolio SET is_active = $2 WHERE {column} = $1 RETURNING id",  # noqa: S608
+                f"UPDATE portfolio SET {flag} = $2 WHERE {column} = $1 RETURNING id",  # noqa: S608
                 key,
-                active,
+                value,
             )
             if portfolio_id is None:
                 raise NotFound(f"no portfolio {key!r}")
