@@ -8,7 +8,9 @@ committed): WETH9, UniswapV2Factory and Router02 (``@uniswap/v2-core``/``v2-peri
 Delegation Framework v1.3.0 (``@metamask/delegation-abis``: DelegationManager, EntryPoint,
 SimpleFactory, HybridDeleGator linked to SCL_RIP7212, the caveat enforcers) and our own
 :file:`contracts/DevnetToken.sol` (OpenZeppelin ERC20 with chosen decimals and open mint),
-compiled with solc-js in a ``node`` subprocess and cached in ``.driftd-cache/``.
+compiled with solc-js in a ``node`` subprocess and cached in ``.driftd-cache/``. With them, driftd's
+oracle guard (:file:`contracts/DriftGuardEnforcer.sol`, see :mod:`daemon.guard`) and one mock
+Chainlink feed per token (:file:`contracts/DevnetAggregator.sol`) at the pools' reference prices.
 
 Lifetime: anvil runs in its own session (process group) and, on Linux, with a parent-death signal,
 and :meth:`Anvil.stop` kills the group; :func:`running_devnet` (sync, for pytest's session
@@ -36,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +56,8 @@ NPM_HINT: Final = "run ./dev setup (it installs the pinned npm packages with npm
 _LISTENING_RE: Final = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
 _LINK_PLACEHOLDER_RE: Final = re.compile(r"__\$[0-9a-fA-F]{34}\$__")
 _DEPLOY_GAS: Final = 25_000_000
+FEED_DECIMALS: Final = 8
+"""Decimals of the devnet's mock feeds, as Chainlink's USD feeds."""
 _CALL_GAS: Final = 3_000_000
 _RECEIPT_POLL_SECONDS: Final = 0.005
 _MINED_TIMEOUT_SECONDS: Final = 30.0
@@ -234,18 +238,23 @@ _ARTIFACTS_SCRIPT: Final = r"""
 const fs = require('fs');
 const request = JSON.parse(fs.readFileSync(0, 'utf8'));
 const bytecode = require('@metamask/delegation-abis/bytecode');
-const out = {framework: {}, token: null};
+const out = {framework: {}, contracts: {}};
 for (const name of request.framework) {
   if (typeof bytecode[name] !== 'string') throw new Error('no bytecode for ' + name);
   out.framework[name] = bytecode[name];
 }
-if (request.source !== null) {
+if (request.sources !== null) {
   const solc = require('solc');
+  const sources = {};
+  const outputSelection = {};
+  for (const [file, content] of Object.entries(request.sources)) {
+    sources[file] = {content};
+    outputSelection[file] = {'*': ['evm.bytecode.object']};
+  }
   const input = {
     language: 'Solidity',
-    sources: {'DevnetToken.sol': {content: request.source}},
-    settings: {optimizer: {enabled: true, runs: 200}, evmVersion: 'cancun',
-               outputSelection: {'*': {'DevnetToken': ['abi', 'evm.bytecode.object']}}},
+    sources,
+    settings: {optimizer: {enabled: true, runs: 200}, evmVersion: 'cancun', outputSelection},
   };
   const findImports = (p) => {
     try { return {contents: fs.readFileSync(require.resolve(p), 'utf8')}; }
@@ -254,7 +263,11 @@ if (request.source !== null) {
   const result = JSON.parse(solc.compile(JSON.stringify(input), {import: findImports}));
   const errors = (result.errors || []).filter((e) => e.severity === 'error');
   if (errors.length) throw new Error(errors.map((e) => e.formattedMessage).join('\n'));
-  out.token = '0x' + result.contracts['DevnetToken.sol'].DevnetToken.evm.bytecode.object;
+  for (const file of Object.keys(request.sources)) {
+    for (const [name, contract] of Object.entries(result.contracts[file] || {})) {
+      if (contract.evm.bytecode.object) out.contracts[name] = '0x' + contract.evm.bytecode.object;
+    }
+  }
   out.solc = solc.version();
 }
 process.stdout.write(JSON.stringify(out));
@@ -271,16 +284,24 @@ class Artifacts:
     framework: Mapping[str, str]
     """Contract name → hex creation code (HybridDeleGator still has its library placeholder)."""
     devnet_token: bytes
+    guard_enforcer: bytes = b""
+    """DriftGuardEnforcer (:file:`contracts/DriftGuardEnforcer.sol`), the oracle-bounded caveat."""
+    devnet_aggregator: bytes = b""
+    """DevnetAggregator: a Chainlink-compatible mock price feed (devnet only)."""
 
 
 def load_artifacts(root: Path | None = None) -> Artifacts:
-    """Read bytecode from node_modules; compile DevnetToken.sol (cached by source hash)."""
+    """Read bytecode from node_modules; compile :file:`contracts/*.sol` (cached by source hash)."""
     root = root or project_root()
     core = _require_package(root, "@uniswap/v2-core")
     periphery = _require_package(root, "@uniswap/v2-periphery")
     for package in ("@metamask/delegation-abis", "solc", "@openzeppelin/contracts"):
         _require_package(root, package)
-    source = (Path(__file__).parent / "contracts" / "DevnetToken.sol").read_text(encoding="utf-8")
+    sources = {
+        path.name: path.read_text(encoding="utf-8")
+        for path in sorted((Path(__file__).parent / "contracts").glob("*.sol"))
+    }
+    source = "".join(f"{name}\0{text}\0" for name, text in sources.items())
     lock = (
         (root / "package-lock.json").read_bytes() if (root / "package-lock.json").is_file() else b""
     )
@@ -289,7 +310,7 @@ def load_artifacts(root: Path | None = None) -> Artifacts:
     if cache.is_file():
         compiled = json.loads(cache.read_text(encoding="utf-8"))
     else:
-        request = {"framework": list(_FRAMEWORK_CONTRACTS), "source": source}
+        request = {"framework": list(_FRAMEWORK_CONTRACTS), "sources": sources}
         try:
             done = subprocess.run(
                 ["node", "-e", _ARTIFACTS_SCRIPT],
@@ -318,7 +339,9 @@ def load_artifacts(root: Path | None = None) -> Artifacts:
         uniswap_factory=build_json(core / "build" / "UniswapV2Factory.json"),
         uniswap_router=build_json(periphery / "build" / "UniswapV2Router02.json"),
         framework=dict(compiled["framework"]),
-        devnet_token=hex_bytes(compiled["token"]),
+        devnet_token=hex_bytes(compiled["contracts"]["DevnetToken"]),
+        guard_enforcer=hex_bytes(compiled["contracts"]["DriftGuardEnforcer"]),
+        devnet_aggregator=hex_bytes(compiled["contracts"]["DevnetAggregator"]),
     )
 
 
@@ -411,6 +434,12 @@ class Devnet:
     signer_key: Secret = attrs.field(repr=False)
     accounts: tuple[SmartAccount, ...] = ()
     deploy_seconds: float = 0.0
+    guard: str = ""
+    """DriftGuardEnforcer, the oracle-bounded caveat enforcer (:mod:`daemon.guard`)."""
+    feeds: Mapping[str, str] = attrs.field(factory=dict)
+    """Token symbol → its mock Chainlink USD feed (:data:`FEED_DECIMALS` decimals)."""
+    reference_usd: Mapping[str, Decimal] = attrs.field(factory=dict)
+    """Token symbol → the USD price the pools were created at (and the feeds start at)."""
 
     def token(self, symbol: str) -> DevnetToken:
         for token in self.tokens:
@@ -577,6 +606,19 @@ async def deploy_devnet(
         field: await deployer.deploy(_code(artifacts, contract))
         for field, contract in ENFORCER_CONTRACTS.items()
     }
+    guard = await deployer.deploy(artifacts.guard_enforcer)
+    reference_usd = reference_prices(pools, quote_symbol="USDC")
+    feeds = {
+        token.symbol: await deployer.deploy(
+            artifacts.devnet_aggregator,
+            abi_encode(
+                ["uint8", "int256", "string"],
+                [FEED_DECIMALS, feed_answer(reference_usd[token.symbol]), f"{token.symbol} / USD"],
+            ),
+        )
+        for token in tokens
+        if token.symbol in reference_usd
+    }
 
     # Liquidity.
     funder = _Funder(deployer, by_symbol)
@@ -641,6 +683,9 @@ async def deploy_devnet(
         signer_key=signer_key,
         accounts=tuple(accounts),
         deploy_seconds=time.perf_counter() - started,
+        guard=guard,
+        feeds=feeds,
+        reference_usd=reference_usd,
     )
 
 
@@ -719,6 +764,70 @@ async def create_smart_account(
     )
     await deployer.wait_mined()
     return account
+
+
+# --- oracle feeds ---------------------------------------------------------------------------
+
+
+def reference_prices(pools: Sequence[PoolSpec], *, quote_symbol: str) -> dict[str, Decimal]:
+    """USD per token implied by the pools against the quote token (taken as $1)."""
+    prices = {quote_symbol: Decimal(1)}
+    for pool in pools:
+        if pool.symbol_b == quote_symbol:
+            prices[pool.symbol_a] = pool.amount_b / pool.amount_a
+        elif pool.symbol_a == quote_symbol:
+            prices[pool.symbol_b] = pool.amount_a / pool.amount_b
+    return prices
+
+
+def feed_answer(usd: Decimal | int | str) -> int:
+    """A USD price as a feed's ``answer`` (:data:`FEED_DECIMALS` decimals, rounded down)."""
+    return int(Decimal(usd).scaleb(FEED_DECIMALS).to_integral_value(rounding=ROUND_FLOOR))
+
+
+async def set_feed_price(
+    client: ChainClient,
+    devnet: Devnet,
+    symbol: str,
+    usd: Decimal | int | str,
+    *,
+    updated_at: int | None = None,
+) -> None:
+    """Post ``usd`` (may be zero or negative) to ``symbol``'s mock feed as a new round.
+
+    ``updated_at`` (unix seconds) backdates the round, making the feed stale; by default it is
+    the block's timestamp. Returns once mined.
+    """
+    feed = devnet.feeds[symbol]
+    deployer = _Deployer(
+        client, devnet.deployer, await client.get_transaction_count(devnet.deployer)
+    )
+    if updated_at is None:
+        await deployer.send(feed, encode_call("updateAnswer(int256)", feed_answer(usd)))
+    else:
+        latest = int.from_bytes(await client.call(feed, encode_call("latestRound()")), "big")
+        await deployer.send(
+            feed,
+            encode_call(
+                "updateRoundData(uint80,int256,uint256,uint256)",
+                latest + 1,
+                feed_answer(usd),
+                updated_at,
+                updated_at,
+            ),
+        )
+    await deployer.wait_mined()
+
+
+async def refresh_feeds(client: ChainClient, devnet: Devnet) -> None:
+    """Post every feed's reference price again, updated now (other tests may move chain time)."""
+    deployer = _Deployer(
+        client, devnet.deployer, await client.get_transaction_count(devnet.deployer)
+    )
+    for symbol, feed in devnet.feeds.items():
+        answer = feed_answer(devnet.reference_usd[symbol])
+        await deployer.send(feed, encode_call("updateAnswer(int256)", answer))
+    await deployer.wait_mined()
 
 
 # --- anvil test helpers ---------------------------------------------------------------------
