@@ -37,7 +37,15 @@ import trio
 from eth_utils.crypto import keccak
 
 from daemon import db as dbm
-from daemon.chain import ChainClient, ChainError, Receipt, Reverted, TxSigner, to_address
+from daemon.chain import (
+    ChainClient,
+    ChainError,
+    Receipt,
+    Reverted,
+    TxSigner,
+    encode_call,
+    to_address,
+)
 from daemon.drift import Leg, from_base_units
 from daemon.lease import InstanceIdentity, SignerLeaseHolder
 from daemon.logs import get_logger
@@ -404,7 +412,7 @@ class Executor:
                 expected_outputs=prepared.expected,
                 error="; ".join(prepared.rejected) or None,
             )
-        calls = prepared.mode.calls(prepared.swap_legs)
+        calls = prepared.mode.calls(prepared.swap_legs, prepared.allowances)
         purposes = [_purpose(call) for call in calls]
         await self._until_stored(
             lambda: self.db.set_rebalance_plan(
@@ -518,7 +526,28 @@ class Executor:
                     "quote_block": quote.block_number,
                 }
             )
+        prepared.allowances = await self._allowances(mode, prepared.swap_legs)
         return prepared
+
+    async def _allowances(
+        self, mode: ExecutionMode, legs: Sequence[SwapLeg]
+    ) -> dict[str, int] | None:
+        """The holder's allowances to the router for the tokens it sells (None if they cannot
+        be read: each leg then approves exactly its amount)."""
+        tokens = sorted({leg.token_in for leg in legs})
+        if not tokens:
+            return {}
+        data = encode_call("allowance(address,address)", mode.holder, mode.router)
+        try:
+            results = await self.chain.call_many([(token, data) for token in tokens])
+        except ChainError as exc:
+            self._log.warning("allowances_unread", error=str(exc))
+            return None
+        return {
+            token: int.from_bytes(result[:32], "big")
+            for token, result in zip(tokens, results, strict=True)
+            if len(result) >= 32
+        }
 
     async def _submit(
         self, call: Call, purpose: dbm.IntentPurpose, index: int, rebalance_id: int, deadline: int
@@ -617,6 +646,8 @@ class _Prepared:
     swap_legs: list[SwapLeg] = attrs.Factory(list)
     expected: list[dict[str, Any]] = attrs.Factory(list)
     rejected: list[str] = attrs.Factory(list)
+    allowances: dict[str, int] | None = None
+    """The holder's allowances to the router by token (None: unknown)."""
 
     @property
     def swap_path(self) -> list[list[str]]:

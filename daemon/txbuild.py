@@ -10,15 +10,19 @@ the mode:
 * :class:`WalletMode`: the signer's own address holds the funds; per leg a plain ``approve`` and
   a ``swapExactTokensForTokens`` transaction (an EOA cannot batch), in nonce order.
 
-Both approve exactly ``amount_in`` (never an unlimited allowance) and check each leg's bounds
-before building anything: a leg without a positive ``amount_out_min`` or a deadline is refused,
-because an unbounded swap is the one thing DESIGN.md §4.4 forbids.
+Approvals: given the holder's current allowances to the router, a leg whose allowance covers it
+gets no approve, and a token whose allowance does not is approved once for the maximum (a standing
+allowance: an approve execution costs ~25–30k gas per leg, and an allowance to the router can only
+be spent by the holder's own swaps, because the router pulls tokens from its caller). Without
+allowances each leg approves exactly ``amount_in``. Each leg's bounds are checked before anything
+is built: a leg without a positive ``amount_out_min`` or a deadline is refused, because an
+unbounded swap is the one thing DESIGN.md §4.4 forbids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol
 
 import attrs
 
@@ -32,6 +36,8 @@ from daemon.delegation import (
     kind_of,
 )
 from daemon.uniswap import encode_approve, encode_swap_exact_tokens_for_tokens
+
+MAX_ALLOWANCE: Final = 2**256 - 1
 
 
 def _addresses(tokens: Sequence[str]) -> tuple[str, ...]:
@@ -81,8 +87,33 @@ class ExecutionMode(Protocol):
     def holder(self) -> str:
         """The address holding the funds and receiving swap outputs."""
 
-    def calls(self, legs: Sequence[SwapLeg]) -> list[Call]:
-        """Transactions to send, in nonce order, that perform ``legs`` in order."""
+    @property
+    def router(self) -> str:
+        """The router the swaps go through (and the allowances are for)."""
+
+    def calls(
+        self, legs: Sequence[SwapLeg], allowances: Mapping[str, int] | None = None
+    ) -> list[Call]:
+        """Transactions to send, in nonce order, that perform ``legs`` in order.
+        ``allowances``: the holder's allowance to the router by token (None: unknown, approve
+        each leg exactly)."""
+
+
+def approvals(legs: Sequence[SwapLeg], allowances: Mapping[str, int] | None) -> list[int | None]:
+    """Per leg, the amount to approve to the router before it, or None for no approve."""
+    if allowances is None:
+        return [leg.amount_in for leg in legs]
+    left = {to_address(token): amount for token, amount in allowances.items()}
+    out: list[int | None] = []
+    for leg in legs:
+        have = left.get(leg.token_in, 0)
+        if have >= leg.amount_in:
+            left[leg.token_in] = have - leg.amount_in
+            out.append(None)
+        else:
+            left[leg.token_in] = MAX_ALLOWANCE - leg.amount_in
+            out.append(MAX_ALLOWANCE)
+    return out
 
 
 @attrs.frozen
@@ -119,17 +150,20 @@ class DelegationMode:
     def holder(self) -> str:
         return self.delegations.swap.delegator
 
-    def calls(self, legs: Sequence[SwapLeg]) -> list[Call]:
+    def calls(
+        self, legs: Sequence[SwapLeg], allowances: Mapping[str, int] | None = None
+    ) -> list[Call]:
         if not legs:
             return []
         redemptions: list[tuple[Delegation, Execution]] = []
-        for leg in legs:
-            redemptions.append(
-                (
-                    self.delegations.approve,
-                    Execution(leg.token_in, encode_approve(self.router, leg.amount_in)),
+        for leg, approve in zip(legs, approvals(legs, allowances), strict=True):
+            if approve is not None:
+                redemptions.append(
+                    (
+                        self.delegations.approve,
+                        Execution(leg.token_in, encode_approve(self.router, approve)),
+                    )
                 )
-            )
             redemptions.append(
                 (
                     self.delegations.swap,
@@ -150,12 +184,15 @@ class WalletMode:
     def holder(self) -> str:
         return self.signer
 
-    def calls(self, legs: Sequence[SwapLeg]) -> list[Call]:
+    def calls(
+        self, legs: Sequence[SwapLeg], allowances: Mapping[str, int] | None = None
+    ) -> list[Call]:
         calls: list[Call] = []
-        for leg in legs:
-            calls.append(
-                Call(to=leg.token_in, data=encode_approve(self.router, leg.amount_in), approve=True)
-            )
+        for leg, approve in zip(legs, approvals(legs, allowances), strict=True):
+            if approve is not None:
+                calls.append(
+                    Call(to=leg.token_in, data=encode_approve(self.router, approve), approve=True)
+                )
             calls.append(Call(to=self.router, data=_swap_calldata(leg, self.signer)))
         return calls
 

@@ -19,7 +19,14 @@ from daemon.delegation import (
     sign_delegation,
 )
 from daemon.devnet import Devnet, fund
-from daemon.txbuild import DelegationMode, ExecutionMode, SwapLeg, WalletMode
+from daemon.txbuild import (
+    MAX_ALLOWANCE,
+    DelegationMode,
+    ExecutionMode,
+    SwapLeg,
+    WalletMode,
+    approvals,
+)
 from daemon.uniswap import APPROVE_SELECTOR, UniswapV2, deadline_from
 
 ACCOUNT = "0x1111111111111111111111111111111111111111"
@@ -76,6 +83,22 @@ def test_delegation_mode_builds_one_redeem_with_approve_and_swap_per_leg() -> No
     assert int.from_bytes(executions[0][20:52], "big") == 0  # no ETH value
     # the swap pays the smart account
     assert executions[1][52 + 100 : 52 + 132] == bytes(12) + bytes.fromhex(ACCOUNT[2:])
+
+
+def test_a_standing_allowance_skips_the_approve_and_a_short_one_is_raised_to_the_maximum() -> None:
+    # Unknown allowances: each leg approves exactly its amount (the safe default).
+    assert approvals([leg(100), leg(200)], None) == [100, 200]
+    # 250 covers the first leg, not the second: one standing approve before the second.
+    assert approvals([leg(100), leg(200)], {USDC: 250}) == [None, MAX_ALLOWANCE]
+    # After a standing approve, later legs of the token need none.
+    assert approvals([leg(100), leg(200)], {}) == [MAX_ALLOWANCE, None]
+    mode = DelegationMode.from_signed(signed_unit_delegations(), router=ROUTER, enforcers=ENFORCERS)
+    (call,) = mode.calls([leg(100), leg(200)], {USDC.lower(): MAX_ALLOWANCE})
+    _, _, executions = abi_decode(["bytes[]", "bytes32[]", "bytes[]"], call.data[4:])
+    assert [execution[:20].hex() for execution in executions] == [ROUTER[2:], ROUTER[2:]]
+    wallet = WalletMode(router=ROUTER, signer="0x" + "66" * 20)
+    assert [c.approve for c in wallet.calls([leg(100)], {USDC: 0})] == [True, False]
+    assert wallet.calls([leg(100)], {USDC: 0})[0].data[36:68] == MAX_ALLOWANCE.to_bytes(32, "big")
 
 
 def test_delegation_mode_needs_both_delegations() -> None:
