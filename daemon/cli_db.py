@@ -7,8 +7,8 @@ newer exits 78.
 
 The delegation file is checked for *shape* here (a JSON array of signed delegations in the
 MetaMask Delegation Toolkit form). Its signatures and caveats are checked by a verifier passed to
-:func:`register` (``verify_delegation``), supplied by :mod:`daemon.delegation`; without one the
-command says so on stderr.
+:func:`register` (``verify_delegation``, :mod:`daemon.registration`); without one a delegated
+portfolio is refused: unverified delegations are never registered.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ from daemon.db import (
 if TYPE_CHECKING:
     from daemon.cli import Subparsers
 
-DelegationVerifier = Callable[[list[dict[str, Any]], str, Config], None]
-"""``verify(delegations, smart_account, config)``: raise ``ValueError`` naming the problem, or
-:class:`VerifierUnavailable` when it cannot check (the chain is unreachable)."""
+DelegationVerifier = Callable[[list[dict[str, Any]], str, Config, Sequence[Token]], None]
+"""``verify(delegations, smart_account, config, tokens)``: raise ``ValueError`` naming the
+problem, or :class:`VerifierUnavailable` when it cannot check (the chain is unreachable).
+``tokens`` are the registered tokens the guard must list: the portfolio's, then the quote token
+(if registered and not already among them)."""
 
 
 class VerifierUnavailable(Exception):
@@ -87,6 +89,11 @@ def register(
     token_add.add_argument("--coingecko-id", metavar="ID", help="CoinGecko coin id (oracle)")
     token_add.add_argument(
         "--quote", action="store_true", help="the stablecoin router prices are quoted in"
+    )
+    token_add.add_argument(
+        "--feed",
+        metavar="0xFEED",
+        help="the token's Chainlink-compatible USD price feed (the oracle guard values it there)",
     )
     token_add.set_defaults(func=cmd_token_add)
     token_list = token_actions.add_parser("list", help="list tokens")
@@ -287,6 +294,7 @@ def _token_dict(token: Token) -> dict[str, Any]:
         "decimals": token.decimals,
         "coingecko_id": token.coingecko_id,
         "is_quote": token.is_quote,
+        "price_feed": token.price_feed,
     }
 
 
@@ -336,6 +344,7 @@ def cmd_token_add(args: argparse.Namespace, config: Config) -> int:
         address = parse_address(args.address, "ADDRESS")
         if not 0 <= args.decimals <= MAX_DECIMALS:
             raise InputError(f"--decimals: must be in 0..{MAX_DECIMALS}, got {args.decimals}")
+        feed = parse_address(args.feed, "--feed") if args.feed else None
     except InputError as exc:
         return _fail(exc, exitcodes.DATA_ERROR)
 
@@ -347,6 +356,7 @@ def cmd_token_add(args: argparse.Namespace, config: Config) -> int:
             decimals=args.decimals,
             coingecko_id=args.coingecko_id or None,
             is_quote=args.quote,
+            price_feed=feed,
         )
         print(f"added token {token.symbol} {token.address} (decimals {token.decimals})")
         return exitcodes.OK
@@ -368,11 +378,12 @@ def cmd_token_list(args: argparse.Namespace, config: Config) -> int:
                     t.address,
                     t.decimals,
                     t.coingecko_id or "-",
+                    t.price_feed or "-",
                     "yes" if t.is_quote else "",
                 )
                 for t in tokens
             ]
-            print(table(("SYMBOL", "ADDRESS", "DECIMALS", "COINGECKO", "QUOTE"), rows))
+            print(table(("SYMBOL", "ADDRESS", "DECIMALS", "COINGECKO", "FEED", "QUOTE"), rows))
         return exitcodes.OK
 
     return _with_database(config, work)
@@ -397,29 +408,32 @@ def cmd_portfolio_add(
             raise InputError("--delegation FILE is required when execution.mode is delegation")
         else:
             delegations = read_delegation_file(args.delegation, account)
-        if delegations and verify is not None:
-            try:
-                verify(delegations, account, config)
-            except ValueError as exc:
-                raise InputError(f"--delegation {args.delegation}: {exc}") from None
-            except VerifierUnavailable as exc:
-                return _fail(exc, exitcodes.UNAVAILABLE)
-        elif delegations:
-            print(
-                "driftd: note: delegation signatures were not verified (no verifier available)",
-                file=sys.stderr,
-            )
     except InputError as exc:
         return _fail(exc, exitcodes.DATA_ERROR)
 
     async def work(db: Database) -> int:
-        known = {t.symbol for t in await db.tokens()}
+        registry = await db.tokens(config.chain.chain_id)
+        known = {t.symbol for t in registry}
         unknown = [s for s in targets if s not in known]
         if unknown:
             raise InputError(
                 f"--target: unknown token symbol(s) {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(known)) or 'none'}); add them with `driftd token add`"
             )
+        if delegations and verify is None:
+            raise InputError(
+                f"--delegation {args.delegation}: no delegation verifier available; "
+                "unverified delegations are never registered"
+            )
+        if delegations and verify is not None:
+            tokens = [t for t in registry if t.symbol in targets]
+            tokens += [t for t in registry if t.is_quote and t.symbol not in targets]
+            try:
+                await trio.to_thread.run_sync(verify, delegations, account, config, tokens)
+            except ValueError as exc:
+                raise InputError(f"--delegation {args.delegation}: {exc}") from None
+            except VerifierUnavailable as exc:
+                return _fail(exc, exitcodes.UNAVAILABLE)
         portfolio = await db.add_portfolio(
             args.name,
             account,

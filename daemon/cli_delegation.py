@@ -7,8 +7,11 @@ against least authority and, unless ``--offline``, asks the smart account on cha
 accepts each signature and the DelegationManager whether it was disabled.
 
 Tokens are given as ``SYMBOL=0xADDRESS`` or as a plain ``SYMBOL`` resolved through a lookup
-(the token registry, injected by the caller of :func:`register`), so building stays independent
-of the database.
+(the token registry, injected by the caller of :func:`register`). The oracle guard on the swap
+delegation (issue 11) lists the portfolio's tokens and the quote token, each with its USD feed:
+feeds and the quote token come from the token registry (``driftd token add … --feed``), feed
+decimals from the feeds on chain. Both delegations expire after ``guard.valid_days`` and carry
+``ValueLteEnforcer(0)``.
 """
 
 from __future__ import annotations
@@ -17,16 +20,27 @@ import argparse
 import json
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from daemon import exitcodes
-from daemon.chain import ChainClient, ChainError, ChainIdMismatch, TxSigner, to_address
-from daemon.config import Config
+from daemon.chain import (
+    ChainClient,
+    ChainError,
+    ChainIdMismatch,
+    Reverted,
+    TxSigner,
+    encode_call,
+    to_address,
+)
+from daemon.config import Config, GuardConfig
 from daemon.delegation import (
+    Caveat,
     Delegation,
     DelegationDomain,
     DelegationFormatError,
@@ -37,9 +51,98 @@ from daemon.delegation import (
     parse_delegation_file,
     signature_is_valid_on_chain,
 )
+from daemon.guard import GuardTerms, GuardToken, guard_caveat, usd
+from daemon.registration import feed_decimal_problems
 
 TokenLookup = Callable[[str], str | None]
 """Symbol → token address, or None when unknown."""
+
+
+@attrs.frozen
+class GuardEntry:
+    """A registered token as the guard needs it."""
+
+    address: str
+    decimals: int
+    feed: str | None
+    is_quote: bool
+
+
+GuardRegistry = Callable[[Config], Sequence[GuardEntry]]
+"""The token registry's tokens of the configured chain (feeds and the quote token)."""
+
+
+def _database_registry(config: Config) -> Sequence[GuardEntry]:
+    from daemon.db import DatabaseError, open_database
+
+    async def read() -> list[GuardEntry]:
+        async with open_database(config.database) as database:
+            return [
+                GuardEntry(t.address, t.decimals, t.price_feed, t.is_quote)
+                for t in await database.tokens(config.chain.chain_id)
+            ]
+
+    try:
+        return trio.run(read)
+    except DatabaseError as exc:
+        raise RegistryUnavailable(f"token registry unavailable: {exc}") from None
+
+
+class RegistryUnavailable(RuntimeError):
+    """The token registry (database) could not be read (exit 69)."""
+
+
+def guard_terms(guard: GuardConfig, tokens: Sequence[GuardToken]) -> GuardTerms:
+    """The configured bounds over ``tokens`` (each with its feed and both decimals)."""
+    return GuardTerms(
+        tokens=tuple(tokens),
+        max_loss_bps=guard.max_loss_bps,
+        max_staleness=guard.max_staleness,
+        period=guard.period,
+        period_cap=usd(guard.period_cap_usd),
+    )
+
+
+def guard_feeds(
+    portfolio: Sequence[str], registry: Sequence[GuardEntry]
+) -> tuple[dict[str, GuardEntry], list[str]]:
+    """The guard's token set (``portfolio`` + the quote token) → registry entries, and problems."""
+    by_address = {to_address(entry.address): entry for entry in registry}
+    wanted = [to_address(token) for token in portfolio]
+    wanted += [to_address(e.address) for e in registry if e.is_quote and e.address not in wanted]
+    problems: list[str] = []
+    found: dict[str, GuardEntry] = {}
+    for address in wanted:
+        entry = by_address.get(address)
+        if entry is None:
+            problems.append(f"token {address} is not registered (driftd token add … --feed)")
+        elif not entry.feed:
+            problems.append(f"token {address} has no price feed registered (token add --feed)")
+        else:
+            found[address] = entry
+    return found, problems
+
+
+async def read_feed_decimals(client: ChainClient, feeds: Sequence[str]) -> list[int]:
+    """``decimals()`` of each feed."""
+    results = []
+    for feed in feeds:
+        try:
+            raw = await client.call(feed, encode_call("decimals()"))
+        except Reverted:
+            raise ValueError(f"feed {feed} has no decimals() (not a price feed)") from None
+        results.append(int.from_bytes(raw[:32], "big"))
+    return results
+
+
+def build_guard_caveat(
+    config: Config, entries: Mapping[str, GuardEntry], feed_decimals: Sequence[int]
+) -> Caveat:
+    tokens = [
+        GuardToken(address, str(entry.feed), entry.decimals, decimals)
+        for (address, entry), decimals in zip(entries.items(), feed_decimals, strict=True)
+    ]
+    return guard_caveat(config.guard.enforcer, guard_terms(config.guard, tokens))
 
 
 class UsageError(ValueError):
@@ -50,9 +153,15 @@ def _no_registry(symbol: str) -> str | None:
     return None
 
 
-def register(subparsers: Any, *, token_lookup: TokenLookup | None = None) -> None:
+def register(
+    subparsers: Any,
+    *,
+    token_lookup: TokenLookup | None = None,
+    registry: GuardRegistry | None = None,
+) -> None:
     """Add ``delegation build`` and ``delegation verify``."""
     lookup = token_lookup or _no_registry
+    guard_registry = registry or _database_registry
     delegation = subparsers.add_parser(
         "delegation", help="build the delegations an owner signs, or verify signed ones"
     )
@@ -69,7 +178,7 @@ def register(subparsers: Any, *, token_lookup: TokenLookup | None = None) -> Non
     build.add_argument(
         "--salt", type=_uint256, help="delegation salt (default: random; makes each unique)"
     )
-    build.set_defaults(func=build_command, token_lookup=lookup)
+    build.set_defaults(func=build_command, token_lookup=lookup, guard_registry=guard_registry)
 
     verify = actions.add_parser("verify", help="check a file of signed delegations")
     verify.add_argument("file", help="JSON array of signed delegations")
@@ -81,7 +190,7 @@ def register(subparsers: Any, *, token_lookup: TokenLookup | None = None) -> Non
     verify.add_argument(
         "--offline", action="store_true", help="skip the on-chain signature and disabled checks"
     )
-    verify.set_defaults(func=verify_command, token_lookup=lookup)
+    verify.set_defaults(func=verify_command, token_lookup=lookup, guard_registry=guard_registry)
 
 
 def _add_token_argument(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -166,6 +275,29 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return exitcodes.CONFIG_ERROR
+    if not config.guard.enforcer:
+        print(
+            "driftd delegation build: guard.enforcer is not configured (the DriftGuardEnforcer "
+            "every swap delegation must carry)",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG_ERROR
+    try:
+        entries, problems = guard_feeds(list(tokens.values()), args.guard_registry(config))
+    except RegistryUnavailable as exc:
+        print(f"driftd delegation build: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    if problems:
+        print(f"driftd delegation build: {'; '.join(problems)}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+    try:
+        feed_decimals = trio.run(_read_decimals, config, [str(e.feed) for e in entries.values()])
+    except ChainError as exc:
+        print(f"driftd delegation build: chain unavailable: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    except ValueError as exc:
+        print(f"driftd delegation build: {exc}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
     salt = args.salt if args.salt is not None else secrets.randbits(64)
     delegations = build_portfolio_delegations(
         account=account,
@@ -174,11 +306,18 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
         tokens=list(tokens.values()),
         enforcers=config.delegation,
         salt=salt,
+        guard=build_guard_caveat(config, entries, feed_decimals),
+        expires_at=int(time.time()) + config.guard.valid_days * 86_400,
     )
     domain = _domain(config)
     documents = [delegation.typed_data(domain) for delegation in delegations.as_list()]
     print(json.dumps(documents, indent=2))
     return exitcodes.OK
+
+
+async def _read_decimals(config: Config, feeds: Sequence[str]) -> list[int]:
+    async with ChainClient(config.chain) as client:
+        return await read_feed_decimals(client, feeds)
 
 
 def verify_command(args: argparse.Namespace, config: Config) -> int:
@@ -209,6 +348,19 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
         print(f"driftd delegation verify: {args.file}: {exc}", file=sys.stderr)
         return exitcodes.DATA_ERROR
 
+    feeds: dict[str, str] | None = None
+    decimals: dict[str, int] | None = None
+    if tokens is not None:
+        try:
+            entries, problems = guard_feeds(list(tokens.values()), args.guard_registry(config))
+        except RegistryUnavailable as exc:
+            print(f"driftd delegation verify: {exc}", file=sys.stderr)
+            return exitcodes.UNAVAILABLE
+        if problems:
+            print(f"driftd delegation verify: {'; '.join(problems)}", file=sys.stderr)
+            return exitcodes.DATA_ERROR
+        feeds = {address: str(entry.feed) for address, entry in entries.items()}
+        decimals = {address: entry.decimals for address, entry in entries.items()}
     reports: list[dict[str, Any]] = [
         {
             "index": index,
@@ -220,7 +372,10 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
                 delegate=delegate,
                 router=config.chain.router,
                 enforcers=config.delegation,
+                guard=config.guard,
                 tokens=list(tokens.values()) if tokens is not None else None,
+                guard_feeds=feeds,
+                token_decimals=decimals,
             ),
         }
         for index, delegation in enumerate(delegations)
@@ -257,5 +412,6 @@ async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -
                 problems.append("signature rejected by the smart account (ERC-1271)")
             if await is_disabled_on_chain(client, delegation, domain):
                 problems.append("disabled on the DelegationManager")
+            problems += await feed_decimal_problems(client, delegation, config.guard.enforcer)
             results.append(problems)
     return results

@@ -175,6 +175,10 @@ def _non_negative(value: Decimal | float | int) -> str | None:
     return None if value >= 0 else f"must be >= 0, got {value}"
 
 
+def _basis_points(value: int) -> str | None:
+    return None if 0 < value <= 10_000 else f"must be in 1..10000, got {value}"
+
+
 def _at_least(minimum: Decimal | float | int) -> Check:
     def check(value: Decimal | float | int) -> str | None:
         return None if value >= minimum else f"must be >= {minimum}, got {value}"
@@ -540,6 +544,51 @@ class DelegationConfig:
 
 
 @attrs.frozen
+class GuardConfig:
+    """The oracle guard (DriftGuardEnforcer) on the swap delegation, and the caveats around it.
+
+    ``delegation build`` writes these bounds into the delegations; ``delegation verify`` and
+    ``portfolio add`` refuse delegations whose bounds are weaker. Each token's USD feed is
+    registered with it (``driftd token add … --feed 0xFEED``).
+    """
+
+    enforcer: str = setting(
+        "",
+        _optional_address,
+        "DriftGuardEnforcer address (no canonical deployment yet: set it; the devnet sets its "
+        "own). Empty: delegations cannot be built or verified.",
+    )
+    max_loss_bps: int = setting(
+        100,
+        _int,
+        "Largest loss of one redemption, in 1/10 000 of the portfolio's value at oracle prices "
+        "(fees, slippage and price impact must fit in it). Verification refuses a higher bound.",
+        check=_basis_points,
+    )
+    max_staleness: int = setting(
+        3600,
+        _int,
+        "Seconds a price feed's answer may lag the block's timestamp before the guard reverts.",
+        check=_positive,
+    )
+    period: int = setting(
+        86400, _int, "Seconds per period of the guard's cumulative loss cap.", check=_positive
+    )
+    period_cap_usd: Decimal = setting(
+        Decimal(5000),
+        _decimal,
+        "Total loss, in USD at oracle prices, that all redemptions of one period may make.",
+        check=_non_negative,
+    )
+    valid_days: int = setting(
+        90,
+        _int,
+        "Days until the delegations built by `delegation build` expire (TimestampEnforcer).",
+        check=_positive,
+    )
+
+
+@attrs.frozen
 class HealthConfig:
     """The local health and control socket, and optional metrics listener."""
 
@@ -645,6 +694,7 @@ class Config:
     rebalance: RebalanceConfig = RebalanceConfig()
     prices: PricesConfig = PricesConfig()
     delegation: DelegationConfig = DelegationConfig()
+    guard: GuardConfig = GuardConfig()
     health: HealthConfig = HealthConfig()
     alerts: AlertsConfig = AlertsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()

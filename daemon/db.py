@@ -252,6 +252,8 @@ class Token:
     coingecko_id: str | None
     is_quote: bool
     """The stablecoin router prices are quoted in."""
+    price_feed: str | None = None
+    """Checksummed address of the token's USD price feed (AggregatorV3), if registered."""
 
 
 @attrs.frozen
@@ -959,19 +961,22 @@ class Database:
         decimals: int,
         coingecko_id: str | None = None,
         is_quote: bool = False,
+        price_feed: str | None = None,
     ) -> Token:
         """Register a token; duplicate symbol or address → :class:`ConstraintViolation`."""
 
         async def work(conn: asyncpg.Connection) -> Token:
             row = await conn.fetchrow(
-                "INSERT INTO token (symbol, address, chain_id, decimals, coingecko_id, is_quote)"
-                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                "INSERT INTO token"
+                " (symbol, address, chain_id, decimals, coingecko_id, is_quote, price_feed)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
                 symbol,
                 address,
                 chain_id,
                 decimals,
                 coingecko_id,
                 is_quote,
+                price_feed,
             )
             return _token(row)
 
@@ -1926,6 +1931,7 @@ def _token(row: Mapping[str, Any]) -> Token:
         decimals=row["decimals"],
         coingecko_id=row["coingecko_id"],
         is_quote=row["is_quote"],
+        price_feed=row.get("price_feed"),
     )
 
 
@@ -1948,7 +1954,8 @@ _PORTFOLIO_SELECT: Final = """
 SELECT p.id, p.name, p.smart_account, p.chain_id, p.owner, p.is_active, p.is_paused,
        p.delegation, p.created_at, p.updated_at, a.weight,
        t.id AS t_id, t.symbol AS t_symbol, t.address AS t_address, t.chain_id AS t_chain_id,
-       t.decimals AS t_decimals, t.coingecko_id AS t_coingecko_id, t.is_quote AS t_is_quote
+       t.decimals AS t_decimals, t.coingecko_id AS t_coingecko_id, t.is_quote AS t_is_quote,
+       t.price_feed AS t_price_feed
 FROM portfolio p
 LEFT JOIN allocation a ON a.portfolio_id = p.id
 LEFT JOIN token t ON t.id = a.token_id
@@ -1975,6 +1982,7 @@ async def _load_portfolios(conn: asyncpg.Connection, where: str, *args: Any) -> 
                     decimals=r["t_decimals"],
                     coingecko_id=r["t_coingecko_id"],
                     is_quote=r["t_is_quote"],
+                    price_feed=r["t_price_feed"],
                 ),
                 weight=r["weight"],
             )

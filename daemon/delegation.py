@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -40,7 +41,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils.crypto import keccak
 
 from daemon.chain import ChainClient, Reverted, encode_call, hex_of, to_address
-from daemon.config import DelegationConfig, Secret
+from daemon.config import DelegationConfig, GuardConfig, Secret
 from daemon.uniswap import (
     APPROVE_SELECTOR,
     APPROVE_SPENDER_OFFSET,
@@ -268,6 +269,23 @@ def allowed_calldata_terms(start_index: int, value: bytes) -> bytes:
     return start_index.to_bytes(32, "big") + value
 
 
+def timestamp_terms(*, expires_at: int, not_before: int = 0) -> bytes:
+    """TimestampEnforcer terms: ``uint128 after ‖ uint128 before`` (valid strictly between)."""
+    return not_before.to_bytes(16, "big") + expires_at.to_bytes(16, "big")
+
+
+def decode_timestamp(terms: bytes) -> tuple[int, int]:
+    """TimestampEnforcer terms → (not_before, expires_at); 0 means no bound."""
+    if len(terms) != 32:
+        raise ValueError("Timestamp terms are not 32 bytes")
+    return int.from_bytes(terms[:16], "big"), int.from_bytes(terms[16:], "big")
+
+
+def value_lte_terms(max_value: int = 0) -> bytes:
+    """ValueLteEnforcer terms: ``uint256 maxValue`` (wei an execution may carry)."""
+    return max_value.to_bytes(32, "big")
+
+
 def address_word(address: str) -> bytes:
     """An address as its 32-byte ABI word."""
     return b"\x00" * 12 + bytes.fromhex(to_address(address)[2:])
@@ -313,12 +331,26 @@ def build_portfolio_delegations(
     tokens: Sequence[str],
     enforcers: DelegationConfig,
     salt: int,
+    guard: Caveat | None = None,
+    expires_at: int | None = None,
 ) -> PortfolioDelegations:
-    """The minimal unsigned delegations for ``account``'s portfolio of ``tokens`` on ``router``."""
+    """The minimal unsigned delegations for ``account``'s portfolio of ``tokens`` on ``router``.
+
+    ``guard`` (:func:`daemon.guard.guard_caveat`) goes on the swap delegation; ``expires_at``
+    (unix seconds) adds a TimestampEnforcer expiry and ``ValueLteEnforcer(0)`` to both. The
+    delegations driftd asks owners to sign carry all three (:func:`least_authority_problems`
+    refuses them otherwise); without them, only the pins remain.
+    """
     if not tokens:
         raise ValueError("a portfolio needs at least one token")
     token_addresses = sorted({to_address(token) for token in tokens}, key=str.lower)
     router = to_address(router)
+    common: tuple[Caveat, ...] = ()
+    if expires_at is not None:
+        common = (
+            Caveat(enforcers.timestamp, timestamp_terms(expires_at=expires_at)),
+            Caveat(enforcers.value_lte, value_lte_terms(0)),
+        )
     approve = Delegation(
         delegate=delegate,
         delegator=account,
@@ -330,6 +362,7 @@ def build_portfolio_delegations(
                 enforcers.allowed_calldata,
                 allowed_calldata_terms(APPROVE_SPENDER_OFFSET, address_word(router)),
             ),
+            *common,
         ),
         salt=salt,
     )
@@ -347,6 +380,8 @@ def build_portfolio_delegations(
                 enforcers.allowed_calldata,
                 allowed_calldata_terms(SWAP_RECIPIENT_OFFSET, address_word(account)),
             ),
+            *common,
+            *((guard,) if guard is not None else ()),
         ),
         salt=salt,
     )
@@ -401,11 +436,21 @@ def least_authority_problems(
     delegate: str,
     router: str,
     enforcers: DelegationConfig,
+    guard: GuardConfig,
     tokens: Sequence[str] | None = None,
+    guard_feeds: Mapping[str, str] | None = None,
+    token_decimals: Mapping[str, int] | None = None,
+    now: int | None = None,
 ) -> list[str]:
-    """Why ``delegation`` grants more than DESIGN.md §4.6 allows (empty: it does not).
+    """Why ``delegation`` grants more than DESIGN.md §4.6 and issue 11 allow (empty: it does not).
 
-    Extra caveats are fine (each only restricts further); missing or wider ones are not.
+    Extra caveats are fine (each only restricts further); missing or wider ones are not. Both
+    delegations must expire (TimestampEnforcer, after ``now``) and carry ``ValueLteEnforcer(0)``;
+    the swap delegation must carry the oracle guard at ``guard.enforcer`` with bounds no weaker
+    than ``guard``'s. ``guard_feeds`` (token → feed: the portfolio's tokens and the quote token)
+    is the exact token set the guard must list, each with its registered feed; ``token_decimals``
+    the tokens' decimals. Without them, the token set is not checked (``delegation verify``
+    without ``--token``).
     """
     problems: list[str] = []
     if delegation.delegator != to_address(account):
@@ -439,8 +484,112 @@ def least_authority_problems(
             problems.append("swap: recipient is not pinned to the smart account by AllowedCalldata")
         if authority.targets is not None and authority.targets - {router}:
             problems.append(f"swap: targets beyond the router: {sorted(authority.targets)}")
+        problems += guard_problems(
+            delegation, guard=guard, feeds=guard_feeds, token_decimals=token_decimals
+        )
+    problems += _expiry_problems(
+        delegation, kind, enforcers, now=int(time.time()) if now is None else now
+    )
     if not delegation.signature:
         problems.append("not signed")
+    return problems
+
+
+def _expiry_problems(
+    delegation: Delegation, kind: Kind, enforcers: DelegationConfig, *, now: int
+) -> list[str]:
+    problems: list[str] = []
+    expiries: list[int] = []
+    value_caps: list[int] = []
+    for caveat in delegation.caveats:
+        if caveat.enforcer == enforcers.timestamp:
+            try:
+                expiries.append(decode_timestamp(caveat.terms)[1])
+            except ValueError as exc:
+                problems.append(f"{kind}: {exc}")
+        elif caveat.enforcer == enforcers.value_lte:
+            if len(caveat.terms) != 32:
+                problems.append(f"{kind}: ValueLte terms are not 32 bytes")
+            else:
+                value_caps.append(int.from_bytes(caveat.terms, "big"))
+    bounded = [expiry for expiry in expiries if expiry > 0]
+    if not bounded:
+        problems.append(f"{kind}: no expiry (TimestampEnforcer caveat with a 'before' bound)")
+    elif min(bounded) <= now:
+        problems.append(f"{kind}: expired at {min(bounded)} (now {now})")
+    if not value_caps:
+        problems.append(f"{kind}: no ValueLteEnforcer(0) caveat: the call could carry ETH")
+    elif min(value_caps) != 0:
+        problems.append(f"{kind}: ValueLte allows {min(value_caps)} wei per call, expected 0")
+    return problems
+
+
+def guard_problems(
+    delegation: Delegation,
+    *,
+    guard: GuardConfig,
+    feeds: Mapping[str, str] | None = None,
+    token_decimals: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Why the swap delegation's oracle guard is missing or weaker than ``guard`` requires."""
+    from daemon.guard import GuardTermsError, guard_terms_of, usd
+
+    if not guard.enforcer:
+        return ["swap: guard.enforcer is not configured, so the oracle guard cannot be checked"]
+    try:
+        found = guard_terms_of(delegation, guard.enforcer)
+    except GuardTermsError as exc:
+        return [f"swap: guard terms: {exc}"]
+    if not found:
+        others = [c.enforcer for c in delegation.caveats if c.enforcer != guard.enforcer]
+        return [
+            f"swap: no oracle guard caveat (DriftGuardEnforcer at {guard.enforcer}); "
+            f"caveats name only {sorted(set(others))}"
+        ]
+    problems: list[str] = []
+    # Several guard caveats are ANDed: the delegation is at least as strict as the strictest, so
+    # it is acceptable when any one of them satisfies every requirement.
+    for terms in found:
+        mine: list[str] = []
+        if terms.max_loss_bps > guard.max_loss_bps:
+            mine.append(
+                f"swap: guard max_loss_bps is {terms.max_loss_bps}, above the configured "
+                f"{guard.max_loss_bps}"
+            )
+        if terms.max_staleness > guard.max_staleness:
+            mine.append(
+                f"swap: guard max_staleness is {terms.max_staleness} s, above the configured "
+                f"{guard.max_staleness} s"
+            )
+        if terms.period_cap > usd(guard.period_cap_usd):
+            mine.append(
+                f"swap: guard period cap is {terms.period_cap} (USD·1e18), above the configured "
+                f"{usd(guard.period_cap_usd)}"
+            )
+        if feeds is not None:
+            want = {to_address(token): to_address(feed) for token, feed in feeds.items()}
+            have = {token.token: token for token in terms.tokens}
+            missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+            if missing or extra:
+                mine.append(
+                    "swap: guard tokens are not exactly the portfolio's tokens and the quote "
+                    f"token (missing {missing}, extra {extra})"
+                )
+            for token, entry in have.items():
+                if token in want and entry.feed != want[token]:
+                    mine.append(
+                        f"swap: guard feed of {token} is {entry.feed}, the registered feed is "
+                        f"{want[token]}"
+                    )
+                expected = None if token_decimals is None else token_decimals.get(token)
+                if expected is not None and entry.token_decimals != expected:
+                    mine.append(
+                        f"swap: guard decimals of {token} are {entry.token_decimals}, the "
+                        f"token has {expected}"
+                    )
+        if not mine:
+            return []
+        problems = problems or mine
     return problems
 
 

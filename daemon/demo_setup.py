@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +25,7 @@ import trio
 
 from daemon import exitcodes, pgserver
 from daemon.chain import ChainClient
+from daemon.cli_delegation import guard_terms
 from daemon.config import Config, ConfigError, parse_config
 from daemon.db import Database, open_database
 from daemon.delegation import (
@@ -35,6 +37,7 @@ from daemon.delegation import (
 from daemon.demo_stats import DemoPortfolio
 from daemon.demo_view import Reporter
 from daemon.devnet import (
+    FEED_DECIMALS,
     Devnet,
     NpmPackagesMissing,
     anvil_executable,
@@ -44,6 +47,7 @@ from daemon.devnet import (
     load_artifacts,
     open_devnet,
 )
+from daemon.guard import GuardToken, guard_caveat
 from daemon.logs import configure_logging
 from daemon.market import Trader
 
@@ -193,6 +197,8 @@ def demo_document(
         "supervisor": {"backoff_initial": 0.5, "backoff_max": 5.0},
         "health": {"socket": str(socket)},
         "log": {"level": "info", "format": "json"},
+        # The devnet's feeds are posted at set-up; a long demo must not see them go stale.
+        "guard": {**devnet.config_overrides()["guard"], "max_staleness": 7 * 86_400},
     }
 
 
@@ -293,6 +299,19 @@ async def setup(
         owner_key = devnet_key(f"demo owner {index}")
         account = await create_smart_account(chain, devnet, owner_key, salt=index, root=root)
         await fund_to_targets(chain, devnet, account.address, targets, prices)
+        listed = list(dict.fromkeys([*targets, devnet.quote_symbol]))
+        terms = guard_terms(
+            config.guard,
+            [
+                GuardToken(
+                    devnet.token(s).address,
+                    devnet.feeds[s],
+                    devnet.token(s).decimals,
+                    FEED_DECIMALS,
+                )
+                for s in listed
+            ],
+        )
         built = build_portfolio_delegations(
             account=account.address,
             delegate=devnet.signer,
@@ -300,6 +319,8 @@ async def setup(
             tokens=[devnet.token(symbol).address for symbol in targets],
             enforcers=devnet.delegation_config(),
             salt=index + 1,
+            guard=guard_caveat(config.guard.enforcer, terms),
+            expires_at=int(time.time()) + config.guard.valid_days * 86_400,
         )
         signed = [sign_delegation(d, domain, owner_key) for d in built.as_list()]
         path = temp_dir / f"{name}-delegations.json"
@@ -314,6 +335,8 @@ async def setup(
         argv += ["--coingecko-id", COINGECKO_IDS[token.symbol]]
         if token.symbol == devnet.quote_symbol:
             argv.append("--quote")
+        if token.symbol in devnet.feeds:
+            argv += ["--feed", devnet.feeds[token.symbol]]
         commands.append(argv)
     for portfolio, path in zip(portfolios, delegation_files, strict=True):
         argv = ["portfolio", "add", portfolio.name, "--account", portfolio.account]

@@ -49,7 +49,7 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from daemon.chain import ChainClient, encode_call, hex_bytes, hex_int, hex_of, to_address
-from daemon.config import ChainConfig, DelegationConfig, Secret
+from daemon.config import ChainConfig, DelegationConfig, GuardConfig, Secret
 
 DEVNET_CHAIN_ID: Final = 31337
 NPM_HINT: Final = "run ./dev setup (it installs the pinned npm packages with npm ci)"
@@ -461,11 +461,17 @@ class Devnet:
         """``[delegation]`` pointing at this devnet's DelegationManager and enforcers."""
         return DelegationConfig(manager=self.manager, **self.enforcers)
 
+    def guard_config(self, base: GuardConfig | None = None) -> GuardConfig:
+        """``[guard]`` pointing at this devnet's DriftGuardEnforcer (other keys from ``base``)."""
+        return attrs.evolve(base or GuardConfig(), enforcer=self.guard)
+
     def config_overrides(self) -> dict[str, dict[str, Any]]:
-        """The TOML keys a config for this devnet needs (``[chain]`` and ``[delegation]``)."""
+        """The TOML keys a config for this devnet needs (``[chain]``, ``[delegation]``, and
+        ``[guard]``'s enforcer)."""
         return {
             "chain": {"rpc_url": self.rpc_url, "chain_id": self.chain_id, "router": self.router},
             "delegation": {"manager": self.manager, **self.enforcers},
+            "guard": {"enforcer": self.guard},
         }
 
 

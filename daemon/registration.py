@@ -1,20 +1,24 @@
 """Checks on a portfolio's delegation file before it is registered.
 
 ``driftd portfolio add`` refuses a delegation file that would not work or that grants more than
-least authority (DESIGN.md §4.6): each delegation must come from the portfolio's smart account,
-name this daemon's signer as delegate, pin targets, methods and calldata, and carry a signature
-the smart account accepts on chain (ERC-1271, the check the DelegationManager makes when the
-daemon redeems it). Catching a bad file here beats finding out at the first rebalance.
+least authority (DESIGN.md §4.6, issue 11): each delegation must come from the portfolio's smart
+account, name this daemon's signer as delegate, pin targets, methods and calldata, expire, carry
+``ValueLteEnforcer(0)``, and (the swap delegation) the oracle guard over exactly the portfolio's
+tokens and the quote token, each at its registered feed, with bounds no weaker than ``[guard]``;
+on chain, the smart account must accept its signature (ERC-1271, the check the DelegationManager
+makes when the daemon redeems it), the DelegationManager must not have disabled it, and each
+guard feed's ``decimals()`` must match the terms. The check always runs: there is no path that
+registers an unverified delegation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from daemon.chain import ChainClient, ChainError, TxSigner
+from daemon.chain import ChainClient, ChainError, Reverted, TxSigner, encode_call
 from daemon.cli_db import VerifierUnavailable
 from daemon.config import Config
 from daemon.delegation import (
@@ -27,12 +31,22 @@ from daemon.delegation import (
     least_authority_problems,
     signature_is_valid_on_chain,
 )
+from daemon.guard import GuardTermsError, guard_terms_of
+
+if TYPE_CHECKING:
+    from daemon.db import Token
 
 
 def verify_portfolio_delegations(
-    delegations: list[dict[str, Any]], smart_account: str, config: Config
+    delegations: list[dict[str, Any]],
+    smart_account: str,
+    config: Config,
+    tokens: Sequence[Token],
 ) -> None:
-    """Raise ``ValueError`` naming every problem with a portfolio's signed delegations."""
+    """Raise ``ValueError`` naming every problem with a portfolio's signed delegations.
+
+    ``tokens``: the portfolio's registered tokens, then the quote token (the guard's set).
+    """
     if config.secrets.signer_key is None:
         raise ValueError(
             "the signer key is not configured, so the delegate cannot be checked "
@@ -43,6 +57,14 @@ def verify_portfolio_delegations(
         parsed = [delegation_from_json(item, f"[{i}]") for i, item in enumerate(delegations)]
     except DelegationFormatError as exc:
         raise ValueError(str(exc)) from None
+    no_feed = [token.symbol for token in tokens if not token.price_feed]
+    if no_feed:
+        raise ValueError(
+            f"no price feed registered for {', '.join(no_feed)} (the oracle guard needs one per "
+            "token: `driftd token add … --feed 0xFEED`)"
+        )
+    feeds = {token.address: str(token.price_feed) for token in tokens}
+    decimals = {token.address: token.decimals for token in tokens}
     problems: list[str] = []
     for index, delegation in enumerate(parsed):
         problems += [
@@ -53,6 +75,9 @@ def verify_portfolio_delegations(
                 delegate=delegate,
                 router=config.chain.router,
                 enforcers=config.delegation,
+                guard=config.guard,
+                guard_feeds=feeds,
+                token_decimals=decimals,
             )
         ]
     kinds = {kind_of(d, config.delegation) for d in parsed}
@@ -78,4 +103,33 @@ async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -
                 problems.append(f"[{index}]: signature rejected by the smart account (ERC-1271)")
             elif await is_disabled_on_chain(client, delegation, domain):
                 problems.append(f"[{index}]: disabled on the DelegationManager")
+            feeds = await feed_decimal_problems(client, delegation, config.guard.enforcer)
+            problems += [f"[{index}]: {problem}" for problem in feeds]
+    return problems
+
+
+async def feed_decimal_problems(
+    client: ChainClient, delegation: Delegation, guard: str
+) -> list[str]:
+    """Each guard feed's ``decimals()`` on chain against the decimals in the guard's terms."""
+    if not guard:
+        return []
+    try:
+        found = guard_terms_of(delegation, guard)
+    except GuardTermsError:
+        return []  # reported by least_authority_problems
+    problems: list[str] = []
+    for terms in found:
+        for token in terms.tokens:
+            try:
+                raw = await client.call(token.feed, encode_call("decimals()"))
+            except Reverted:
+                problems.append(f"swap: guard feed {token.feed} has no decimals() (not a feed)")
+                continue
+            actual = int.from_bytes(raw[:32], "big") if len(raw) >= 32 else None
+            if actual != token.feed_decimals:
+                problems.append(
+                    f"swap: guard feed {token.feed} has {actual} decimals, the terms say "
+                    f"{token.feed_decimals}"
+                )
     return problems

@@ -23,21 +23,37 @@ from fixtures_chain import send_call
 
 from daemon.chain import ChainClient
 from daemon.cli import main as cli_main
-from daemon.config import Config, DatabaseConfig, parse_config
+from daemon.cli_delegation import guard_terms
+from daemon.config import Config, DatabaseConfig, GuardConfig, parse_config
 from daemon.delegation import (
+    Delegation,
     DelegationDomain,
     build_portfolio_delegations,
     dump_delegation_file,
     sign_delegation,
 )
 from daemon.demo_setup import write_toml as write_demo_toml
-from daemon.devnet import Devnet, SmartAccount, devnet_key, fund, set_eth_balance
+from daemon.devnet import (
+    FEED_DECIMALS,
+    Devnet,
+    SmartAccount,
+    devnet_key,
+    fund,
+    set_eth_balance,
+)
 from daemon.drift import Holding, evaluate
+from daemon.guard import GuardToken, guard_caveat
 from daemon.txbuild import SwapLeg, WalletMode
 from daemon.uniswap import UniswapV2, deadline_from
 
 TRADER = devnet_key("market trader")
 _salts = itertools.count(1000)
+GUARD_DOCUMENT: dict[str, Any] = {
+    # Feeds go stale after max_staleness of *chain* time, and tests move chain time: generous.
+    "max_staleness": 30 * 86_400,
+    # One account's period loss is shared by every test that rebalances it on the same day.
+    "period_cap_usd": 1_000_000,
+}
 
 
 @attrs.define
@@ -60,6 +76,7 @@ def daemon_document(devnet: Devnet, db_config: DatabaseConfig, **overrides: Any)
         "supervisor": {"backoff_initial": 0.05, "backoff_max": 0.2},
         "health": {"socket": ""},
     }
+    document["guard"] = {**document.get("guard", {}), **GUARD_DOCUMENT}
     for section, values in overrides.items():
         document.setdefault(section, {}).update(values)
     return document
@@ -128,7 +145,53 @@ async def register_tokens(devnet: Devnet, config_path: Path, env: Mapping[str, s
         argv += ["--coingecko-id", coingecko[token.symbol]]
         if token.symbol == devnet.quote_symbol:
             argv.append("--quote")
+        if token.symbol in devnet.feeds:
+            argv += ["--feed", devnet.feeds[token.symbol]]
         assert await run_cli(argv, config_path, env) == 0
+
+
+def guarded_delegations(
+    devnet: Devnet,
+    account: SmartAccount,
+    symbols: Any,
+    *,
+    delegate: str | None = None,
+    salt: int | None = None,
+    guard: GuardConfig | None = None,
+    expires_at: int | None = None,
+) -> list[Delegation]:
+    """The delegations `driftd delegation build` makes for ``symbols``, signed by the owner:
+    the swap delegation under the oracle guard (the portfolio's tokens and the quote token, at
+    the devnet's feeds), both expiring after ``valid_days`` and carrying ValueLte(0)."""
+    guard = guard or GuardConfig(**GUARD_DOCUMENT)
+    if not guard.enforcer:
+        guard = devnet.guard_config(guard)
+    listed = list(dict.fromkeys([*symbols, devnet.quote_symbol]))
+    terms = guard_terms(
+        guard,
+        [
+            GuardToken(
+                devnet.token(s).address, devnet.feeds[s], devnet.token(s).decimals, FEED_DECIMALS
+            )
+            for s in listed
+        ],
+    )
+    built = build_portfolio_delegations(
+        account=account.address,
+        delegate=delegate or devnet.signer,
+        router=devnet.router,
+        tokens=[devnet.token(symbol).address for symbol in symbols],
+        enforcers=devnet.delegation_config(),
+        salt=next(_salts) if salt is None else salt,
+        guard=guard_caveat(guard.enforcer, terms),
+        expires_at=(
+            int(datetime.now(UTC).timestamp()) + guard.valid_days * 86_400
+            if expires_at is None
+            else expires_at
+        ),
+    )
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    return [sign_delegation(d, domain, account.owner_key) for d in built.as_list()]
 
 
 async def register_portfolio(
@@ -140,17 +203,8 @@ async def register_portfolio(
     env: Mapping[str, str],
     tmp_path: Path,
 ) -> None:
-    """Sign the minimal delegations as the owner, then `driftd portfolio add`."""
-    built = build_portfolio_delegations(
-        account=account.address,
-        delegate=devnet.signer,
-        router=devnet.router,
-        tokens=[devnet.token(symbol).address for symbol in targets],
-        enforcers=devnet.delegation_config(),
-        salt=next(_salts),
-    )
-    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
-    signed = [sign_delegation(d, domain, account.owner_key) for d in built.as_list()]
+    """Sign the guarded delegations as the owner, then `driftd portfolio add`."""
+    signed = guarded_delegations(devnet, account, list(targets))
     file = tmp_path / f"{name}-delegations.json"
     file.write_text(dump_delegation_file(signed))
     argv = ["portfolio", "add", name, "--account", account.address, "--delegation", str(file)]

@@ -10,12 +10,13 @@ import pytest
 
 from daemon import cli_db, exitcodes
 from daemon.config import Config, parse_config
-from daemon.db import load_migrations
+from daemon.db import Token, load_migrations
 from daemon.pgserver import free_port
 
 ACCOUNT = "0x" + "ab" * 20
 WETH = "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2"
 USDC = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+FEED = "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"  # Chainlink ETH / USD on mainnet
 
 
 def _delegation(**overrides: object) -> dict[str, object]:
@@ -67,6 +68,8 @@ def _register_tokens(config: Config) -> None:
             "18",
             "--coingecko-id",
             "weth",
+            "--feed",
+            FEED,
         )
         == exitcodes.OK
     )
@@ -86,12 +89,17 @@ def test_tokens(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert _run(config, "token", "list") == exitcodes.OK
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["SYMBOL", "ADDRESS", "DECIMALS", "COINGECKO", "QUOTE"]
-    assert out[2].split() == ["USDC", USDC, "6", "-", "yes"]
-    assert out[3].split() == ["WETH", WETH, "18", "weth"]  # stored checksummed
+    assert out[0].split() == ["SYMBOL", "ADDRESS", "DECIMALS", "COINGECKO", "FEED", "QUOTE"]
+    assert out[2].split() == ["USDC", USDC, "6", "-", "-", "yes"]
+    assert out[3].split() == ["WETH", WETH, "18", "weth", FEED]  # stored checksummed
     assert _run(config, "token", "list", "--json") == exitcodes.OK
     listed = json.loads(capsys.readouterr().out)
     assert [t["symbol"] for t in listed] == ["USDC", "WETH"]
+    assert [t["price_feed"] for t in listed] == [None, FEED]
+    assert _run(config, "token", "add", "X", USDC, "--decimals", "6", "--feed", "0x12") == (
+        exitcodes.DATA_ERROR
+    )
+    assert "--feed: must be a 0x-prefixed 20-byte hex address" in capsys.readouterr().err
     # Duplicates and bad input are data errors with a clear message.
     assert _run(config, "token", "add", "WETH", WETH, "--decimals", "18") == exitcodes.DATA_ERROR
     assert "already exists" in capsys.readouterr().err
@@ -105,23 +113,15 @@ def test_portfolio_lifecycle(
     config: Config, delegation_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _register_tokens(config)
-    code = _run(
-        config,
-        "portfolio",
-        "add",
-        "main",
-        "--account",
-        ACCOUNT,
-        "--target",
-        "WETH=0.6",
-        "USDC=0.4",
-        "--delegation",
-        str(delegation_file),
-    )
+    argv = ["portfolio", "add", "main", "--account", ACCOUNT, "--target", "WETH=0.6", "USDC=0.4"]
+    argv += ["--delegation", str(delegation_file)]
+    # Without a verifier, delegations are never registered.
+    assert _run(config, *argv) == exitcodes.DATA_ERROR
+    assert "no delegation verifier" in capsys.readouterr().err
+    code = _run(config, *argv, verify_delegation=lambda d, a, c, t: None)
     assert code == exitcodes.OK
     captured = capsys.readouterr()
     assert "added portfolio main" in captured.out
-    assert "not verified" in captured.err
     assert _run(config, "portfolio", "list") == exitcodes.OK
     out = capsys.readouterr().out.splitlines()
     assert out[2].split()[0] == "main"
@@ -234,10 +234,12 @@ def test_verifier_seam(
     config: Config, delegation_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _register_tokens(config)
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[int, str, list[str]]] = []
 
-    def reject(delegations: list[dict[str, object]], account: str, cfg: Config) -> None:
-        seen.append((len(delegations), account))
+    def reject(
+        delegations: list[dict[str, object]], account: str, cfg: Config, tokens: list[Token]
+    ) -> None:
+        seen.append((len(delegations), account, [t.symbol for t in tokens]))
         raise ValueError("signature does not recover to the delegator")
 
     args = [
@@ -253,9 +255,9 @@ def test_verifier_seam(
     ]
     assert _run(config, *args, verify_delegation=reject) == exitcodes.DATA_ERROR
     assert "signature does not recover" in capsys.readouterr().err
-    assert seen == [(1, cli_db.parse_address(ACCOUNT, "x"))]
-    assert _run(config, *args, verify_delegation=lambda d, a, c: None) == exitcodes.OK
-    assert "not verified" not in capsys.readouterr().err
+    # The guard's token set: the portfolio's tokens, then the quote token.
+    assert seen == [(1, cli_db.parse_address(ACCOUNT, "x"), ["WETH", "USDC"])]
+    assert _run(config, *args, verify_delegation=lambda d, a, c, t: None) == exitcodes.OK
 
 
 def test_unreachable_database_exits_69(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,8 +22,8 @@ from fixtures_chain import send_call
 
 from daemon import exitcodes
 from daemon.chain import ChainClient, encode_call, to_address
-from daemon.cli_delegation import register
-from daemon.config import Config, DelegationConfig, Secret, Secrets
+from daemon.cli_delegation import GuardEntry, register
+from daemon.config import Config, DelegationConfig, GuardConfig, Secret, Secrets
 from daemon.delegation import (
     ROOT_AUTHORITY,
     Caveat,
@@ -36,6 +36,7 @@ from daemon.delegation import (
     allowed_methods_terms,
     allowed_targets_terms,
     build_portfolio_delegations,
+    decode_timestamp,
     dump_delegation_file,
     encode_redeem_delegations,
     least_authority_problems,
@@ -43,8 +44,11 @@ from daemon.delegation import (
     recover_signer,
     sign_delegation,
     signature_is_valid_on_chain,
+    timestamp_terms,
+    value_lte_terms,
 )
 from daemon.devnet import Devnet, SmartAccount, devnet_key, set_eth_balance
+from daemon.guard import GuardTerms, GuardToken, guard_caveat, usd
 from daemon.txbuild import Call, DelegationMode, SwapLeg
 from daemon.uniswap import UniswapV2, deadline_from, encode_approve
 
@@ -61,7 +65,35 @@ TOKENS = [
 OWNER_KEY = Secret("0x" + keccak(text="test owner").hex())
 
 
-def built(salt: int = 42) -> PortfolioDelegations:
+GUARD = GuardConfig(enforcer="0x6666666666666666666666666666666666666666")
+QUOTE = "0x7777777777777777777777777777777777777777"
+FEEDS = {
+    TOKENS[0]: "0x8888888888888888888888888888888888888881",
+    TOKENS[1]: "0x8888888888888888888888888888888888888882",
+    QUOTE: "0x8888888888888888888888888888888888888883",
+}
+NOW = 1_700_000_000
+
+
+def guard_terms_for(**overrides: Any) -> GuardTerms:
+    fields: dict[str, Any] = {
+        "tokens": tuple(GuardToken(token, feed, 18, 8) for token, feed in FEEDS.items()),
+        "max_loss_bps": GUARD.max_loss_bps,
+        "max_staleness": GUARD.max_staleness,
+        "period": GUARD.period,
+        "period_cap": usd(GUARD.period_cap_usd),
+    }
+    fields.update(overrides)
+    return GuardTerms(**fields)
+
+
+def built(
+    salt: int = 42,
+    *,
+    terms: GuardTerms | None = None,
+    guard: str | None = None,
+    expires_at: int | None = NOW + 86_400,
+) -> PortfolioDelegations:
     return build_portfolio_delegations(
         account=ACCOUNT,
         delegate=DELEGATE,
@@ -69,7 +101,26 @@ def built(salt: int = 42) -> PortfolioDelegations:
         tokens=TOKENS,
         enforcers=ENFORCERS,
         salt=salt,
+        guard=guard_caveat(guard or GUARD.enforcer, terms or guard_terms_for()),
+        expires_at=expires_at,
     )
+
+
+def problems_of(delegation: Delegation, **overrides: Any) -> list[str]:
+    arguments: dict[str, Any] = {
+        "account": ACCOUNT,
+        "delegate": DELEGATE,
+        "router": ROUTER,
+        "enforcers": ENFORCERS,
+        "guard": GUARD,
+        "tokens": TOKENS,
+        "guard_feeds": FEEDS,
+        "token_decimals": dict.fromkeys(FEEDS, 18),
+        "now": NOW,
+    }
+    arguments.update(overrides)
+    signed = attrs.evolve(delegation, signature=delegation.signature or b"\x01" * 65)
+    return least_authority_problems(signed, **arguments)
 
 
 def eip712_digest(document: dict[str, Any]) -> bytes:
@@ -103,18 +154,7 @@ def test_built_delegations_pin_router_and_recipient() -> None:
     ) + bytes.fromhex(ACCOUNT[2:])
     for delegation in delegations.as_list():
         assert delegation.authority == ROOT_AUTHORITY
-        signed = attrs.evolve(delegation, signature=b"\x01" * 65)
-        assert (
-            least_authority_problems(
-                signed,
-                account=ACCOUNT,
-                delegate=DELEGATE,
-                router=ROUTER,
-                enforcers=ENFORCERS,
-                tokens=TOKENS,
-            )
-            == []
-        )
+        assert problems_of(delegation) == []
 
 
 def test_least_authority_flags_a_delegation_without_calldata_pin() -> None:
@@ -124,10 +164,86 @@ def test_least_authority_flags_a_delegation_without_calldata_pin() -> None:
         caveats=tuple(c for c in swap.caveats if c.enforcer != ENFORCERS.allowed_calldata),
         signature=b"\x01" * 65,
     )
-    problems = least_authority_problems(
-        wide, account=ACCOUNT, delegate=DELEGATE, router=ROUTER, enforcers=ENFORCERS
-    )
+    problems = problems_of(wide, tokens=None, guard_feeds=None, token_decimals=None)
     assert problems == ["swap: recipient is not pinned to the smart account by AllowedCalldata"]
+
+
+@pytest.mark.parametrize(
+    ("make", "overrides", "message"),
+    [
+        (lambda: built().swap, {"delegate": ACCOUNT}, "delegate is"),
+        (lambda: built().approve, {"account": DELEGATE}, "delegator is"),
+        (
+            lambda: attrs.evolve(
+                built().swap,
+                caveats=tuple(c for c in built().swap.caveats if c.enforcer != GUARD.enforcer),
+            ),
+            {},
+            "swap: no oracle guard caveat",
+        ),
+        (lambda: built(guard=ACCOUNT).swap, {}, "swap: no oracle guard caveat"),
+        (
+            lambda: built(terms=guard_terms_for(max_loss_bps=101)).swap,
+            {},
+            "swap: guard max_loss_bps is 101, above the configured 100",
+        ),
+        (
+            lambda: built(terms=guard_terms_for(max_staleness=7_200)).swap,
+            {},
+            "guard max_staleness is 7200 s",
+        ),
+        (
+            lambda: built(terms=guard_terms_for(period_cap=usd(5_001))).swap,
+            {},
+            "guard period cap",
+        ),
+        (
+            lambda: built(terms=guard_terms_for(tokens=guard_terms_for().tokens[:2])).swap,
+            {},
+            "guard tokens are not exactly the portfolio's tokens and the quote token (missing",
+        ),
+        (
+            lambda: built().swap,
+            {"guard_feeds": {**FEEDS, QUOTE: ACCOUNT}},
+            f"guard feed of {QUOTE} is",
+        ),
+        (
+            lambda: built().swap,
+            {"token_decimals": {**dict.fromkeys(FEEDS, 18), QUOTE: 6}},
+            f"guard decimals of {QUOTE} are 18, the token has 6",
+        ),
+        (lambda: built(expires_at=None).approve, {}, "approve: no expiry"),
+        (lambda: built(expires_at=None).swap, {}, "swap: no expiry"),
+        (lambda: built(expires_at=None).swap, {}, "swap: no ValueLteEnforcer(0)"),
+        (lambda: built().approve, {"now": NOW + 86_400}, "approve: expired at"),
+        (lambda: built().swap, {"guard": GuardConfig()}, "guard.enforcer is not configured"),
+    ],
+)
+def test_least_authority_refuses_weaker_delegations(
+    make: Any, overrides: dict[str, Any], message: str
+) -> None:
+    problems = problems_of(make(), **overrides)
+    assert any(message in problem for problem in problems), problems
+
+
+def test_value_lte_must_be_zero() -> None:
+    swap = built().swap
+    loose = attrs.evolve(
+        swap,
+        caveats=tuple(
+            Caveat(c.enforcer, value_lte_terms(10**18)) if c.enforcer == ENFORCERS.value_lte else c
+            for c in swap.caveats
+        ),
+    )
+    assert "swap: ValueLte allows 1000000000000000000 wei per call, expected 0" in problems_of(
+        loose
+    )
+
+
+def test_expiry_terms_layout() -> None:
+    terms = timestamp_terms(expires_at=NOW)
+    assert terms == bytes(16) + NOW.to_bytes(16, "big")
+    assert decode_timestamp(terms) == (0, NOW)
 
 
 def test_hash_matches_eth_account_typed_data() -> None:
@@ -397,9 +513,16 @@ async def attempt_call(chain: ChainClient, devnet: Devnet, call: Call, key: Secr
 # --- the CLI ----------------------------------------------------------------------------------
 
 
+DEVNET_REGISTRY: list[GuardEntry] = []
+
+
 def run_cli(argv: list[str], config: Config, lookup: dict[str, str]) -> int:
     parser = argparse.ArgumentParser(prog="driftd")
-    register(parser.add_subparsers(dest="command"), token_lookup=lookup.get)
+    register(
+        parser.add_subparsers(dest="command"),
+        token_lookup=lookup.get,
+        registry=lambda config: DEVNET_REGISTRY,
+    )
     args = parser.parse_args(argv)
     result: int = args.func(args, config)
     return result
@@ -409,6 +532,7 @@ def devnet_config(devnet: Devnet) -> Config:
     return Config(
         chain=devnet.chain_config(),
         delegation=devnet.delegation_config(),
+        guard=devnet.guard_config(),
         secrets=Secrets(signer_key=devnet.signer_key),
     )
 
@@ -419,6 +543,10 @@ def test_cli_build_sign_in_wallet_then_verify(
     account = devnet.accounts[1]
     config = devnet_config(devnet)
     lookup = {"USDC": devnet.token("USDC").address}
+    DEVNET_REGISTRY[:] = [
+        GuardEntry(t.address, t.decimals, devnet.feeds[t.symbol], t.symbol == devnet.quote_symbol)
+        for t in devnet.tokens
+    ]
     argv = ["delegation", "build", "--account", account.address, "--token", "USDC"]
     argv += ["--token", f"WETH={devnet.weth}", "--token", f"WBTC={devnet.token('WBTC').address}"]
     assert run_cli(argv, config, lookup) == exitcodes.OK

@@ -3,37 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
-from daemon_harness import daemon_document, register_tokens, run_cli, write_toml
+from daemon_harness import (
+    daemon_document,
+    guarded_delegations,
+    register_tokens,
+    run_cli,
+    write_toml,
+)
 
 from daemon.chain import ChainClient
-from daemon.config import DatabaseConfig
+from daemon.config import DatabaseConfig, GuardConfig
 from daemon.delegation import (
+    Delegation,
     DelegationDomain,
     build_portfolio_delegations,
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devnet import Devnet, devnet_key
+from daemon.devnet import Devnet, SmartAccount, devnet_key
 
 
-def delegation_file(devnet: Devnet, tmp_path: Path, *, delegate: str, signer_label: str) -> Path:
-    account = devnet.accounts[0]
-    built = build_portfolio_delegations(
-        account=account.address,
-        delegate=delegate,
-        router=devnet.router,
-        tokens=[devnet.token("USDC").address, devnet.token("WETH").address],
-        enforcers=devnet.delegation_config(),
-        salt=5,
-    )
-    key = account.owner_key if signer_label == "owner" else devnet_key(signer_label)
-    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
-    path = tmp_path / "signed.json"
-    path.write_text(
-        dump_delegation_file([sign_delegation(d, domain, key) for d in built.as_list()])
-    )
+def _with_signer(devnet: Devnet, account: SmartAccount, signer_label: str) -> SmartAccount:
+    if signer_label == "owner":
+        return account
+    return attrs.evolve(account, owner_key=devnet_key(signer_label))
+
+
+def delegation_file(
+    devnet: Devnet,
+    tmp_path: Path,
+    *,
+    delegate: str,
+    signer_label: str,
+    name: str = "signed",
+    **guard: Any,
+) -> Path:
+    account = _with_signer(devnet, devnet.accounts[0], signer_label)
+    signed = guarded_delegations(devnet, account, ["USDC", "WETH"], delegate=delegate, **guard)
+    path = tmp_path / f"{name}.json"
+    path.write_text(dump_delegation_file(signed))
+    return path
+
+
+def write_delegations(tmp_path: Path, name: str, delegations: list[Delegation]) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(dump_delegation_file(delegations))
     return path
 
 
@@ -76,3 +94,82 @@ async def test_unreachable_chain_is_exit_69(
         offline = write_toml(tmp_path / "offline.toml", document)
         good = delegation_file(devnet, tmp_path, delegate=devnet.signer, signer_label="owner")
         assert await add(devnet, offline, good, env) == 69
+
+
+async def test_weaker_delegations_are_refused_with_the_problem_named(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    tmp_path: Path,
+    capsys: Any,
+) -> None:
+    """`portfolio add` refuses every delegation weaker than issue 11 requires."""
+    env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+    config = write_toml(tmp_path / "c.toml", daemon_document(devnet, db_config))
+    account = devnet.accounts[0]
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    unguarded = build_portfolio_delegations(
+        account=account.address,
+        delegate=devnet.signer,
+        router=devnet.router,
+        tokens=[devnet.token("USDC").address, devnet.token("WETH").address],
+        enforcers=devnet.delegation_config(),
+        salt=9,
+    )
+    base = daemon_document(devnet, db_config)["guard"]
+    cases: list[tuple[str, Path]] = [
+        (
+            "swap: no oracle guard caveat",
+            write_delegations(
+                tmp_path,
+                "unguarded",
+                [sign_delegation(d, domain, account.owner_key) for d in unguarded.as_list()],
+            ),
+        ),
+        (
+            "swap: no oracle guard caveat",
+            delegation_file(
+                devnet,
+                tmp_path,
+                delegate=devnet.signer,
+                signer_label="owner",
+                name="elsewhere",
+                guard=attrs.evolve(
+                    devnet.guard_config(GuardConfig(**base)), enforcer=devnet.manager
+                ),
+            ),
+        ),
+        (
+            "max_loss_bps is 500, above the configured 100",
+            delegation_file(
+                devnet,
+                tmp_path,
+                delegate=devnet.signer,
+                signer_label="owner",
+                name="loose",
+                guard=GuardConfig(**{**base, "max_loss_bps": 500}),
+            ),
+        ),
+        (
+            "approve: expired at",
+            delegation_file(
+                devnet,
+                tmp_path,
+                delegate=devnet.signer,
+                signer_label="owner",
+                name="expired",
+                expires_at=1_000_000,
+            ),
+        ),
+    ]
+    with trio.fail_after(90):
+        await register_tokens(devnet, config, env)
+        capsys.readouterr()
+        for message, file in cases:
+            assert await add(devnet, config, file, env) == 65, message
+            assert message in capsys.readouterr().err
+        # The guard must list exactly the portfolio's tokens and the quote token.
+        wide = guarded_delegations(devnet, account, ["USDC", "WETH", "WBTC"])
+        file = write_delegations(tmp_path, "wide", wide)
+        assert await add(devnet, config, file, env) == 65
+        assert "guard tokens are not exactly the portfolio's tokens" in capsys.readouterr().err

@@ -49,6 +49,7 @@ from daemon_harness import (
     daemon_document,
     driftd_process,
     fund_to_targets,
+    guarded_delegations,
     move_price,
     portfolio_drift,
     register_tokens,
@@ -63,12 +64,7 @@ from daemon import db as dbm
 from daemon.chain import ChainClient, TxSigner, hex_int
 from daemon.config import DatabaseConfig, Secret
 from daemon.control import DaemonControls
-from daemon.delegation import (
-    DelegationDomain,
-    build_portfolio_delegations,
-    dump_delegation_file,
-    sign_delegation,
-)
+from daemon.delegation import dump_delegation_file
 from daemon.devnet import (
     Devnet,
     SmartAccount,
@@ -620,16 +616,7 @@ async def register_delegated(
     tmp_path: Path,
 ) -> None:
     """Like daemon_harness.register_portfolio, with the delegations made out to ``delegate``."""
-    built = build_portfolio_delegations(
-        account=account.address,
-        delegate=delegate,
-        router=devnet.router,
-        tokens=[devnet.token(symbol).address for symbol in TARGETS],
-        enforcers=devnet.delegation_config(),
-        salt=4242,
-    )
-    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
-    signed = [sign_delegation(d, domain, account.owner_key) for d in built.as_list()]
+    signed = guarded_delegations(devnet, account, list(TARGETS), delegate=delegate, salt=4242)
     file = tmp_path / f"{name}-delegations.json"
     file.write_text(dump_delegation_file(signed))
     argv = ["portfolio", "add", name, "--account", account.address, "--delegation", str(file)]
