@@ -566,9 +566,12 @@ class GuardConfig:
         check=_basis_points,
     )
     max_staleness: int = setting(
-        3600,
+        90000,
         _int,
-        "Seconds a price feed's answer may lag the block's timestamp before the guard reverts.",
+        "Seconds a price feed's answer may lag the block's timestamp before the guard reverts. "
+        "Chainlink feeds update on a price deviation or at their heartbeat (ETH/USD 1 h, "
+        "USDC/USD 24 h on mainnet): this must exceed the longest heartbeat of a portfolio's "
+        "feeds, or the guard refuses every trade between updates.",
         check=_positive,
     )
     period: int = setting(

@@ -188,9 +188,9 @@ def test_least_authority_flags_a_delegation_without_calldata_pin() -> None:
             "swap: guard max_loss_bps is 101, above the configured 100",
         ),
         (
-            lambda: built(terms=guard_terms_for(max_staleness=7_200)).swap,
+            lambda: built(terms=guard_terms_for(max_staleness=100_000)).swap,
             {},
-            "guard max_staleness is 7200 s",
+            "guard max_staleness is 100000 s",
         ),
         (
             lambda: built(terms=guard_terms_for(period_cap=usd(5_001))).swap,
