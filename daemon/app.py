@@ -10,9 +10,10 @@ portfolio actor is contained by the supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +32,7 @@ from daemon.coingecko import CoinGeckoSource
 from daemon.config import (
     Config,
     ConfigError,
+    DelegationConfig,
     apply_runtime_params,
     changed_keys,
     keep_restart_keys,
@@ -43,7 +45,13 @@ from daemon.control import (
     run_probes,
     status_line,
 )
-from daemon.delegation import DelegationFormatError, delegation_from_json
+from daemon.delegation import (
+    Delegation,
+    DelegationFormatError,
+    decode_timestamp,
+    delegation_from_json,
+    least_authority_problems,
+)
 from daemon.drift import Decision, EngineParams, Holding
 from daemon.executor import Executor, ExecutorSettings
 from daemon.faults import Faults
@@ -68,6 +76,8 @@ from daemon.transactions import LifecycleSettings
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 from daemon.uniswap import UniswapV2
 
+EXPIRY_WARNING = 7 * 86400.0
+"""Seconds before its delegations expire that a portfolio shows in health and alerts."""
 LEASE_WAIT_EXTEND = 30.0
 """Seconds of start-up time asked of systemd at each lease wait (a standby is not stuck)."""
 DB_RETRY_INITIAL = 0.5
@@ -212,6 +222,8 @@ class Daemon:
     """When the last snapshot was published."""
     invalid: dict[str, str] = attrs.Factory(dict)
     """Portfolios that cannot run (bad delegation file…), with the reason."""
+    expiries: dict[int, int] = attrs.Factory(dict)
+    """Portfolio id → when its delegations expire (unix seconds; the earliest of them)."""
     not_ours: dict[str, str] = attrs.Factory(dict)
     """Active portfolios delegated to another daemon's signer (by name → that delegate)."""
     started_at: datetime = attrs.Factory(utc_now)
@@ -408,7 +420,64 @@ class Daemon:
         delegate = to_address(mode.delegations.swap.delegate)
         if delegate != self.signer.address:
             raise OtherSigner(delegate)
+        # The same least-authority rules as `portfolio add`, re-checked whenever the portfolio
+        # or the configuration is (re)loaded: a row edited behind the CLI's back, or delegations
+        # signed before the oracle guard existed, are not traded.
+        if mode.holder != to_address(portfolio.smart_account):
+            raise ValueError(
+                f"the delegations come from {mode.holder}, not the portfolio's account "
+                f"{to_address(portfolio.smart_account)}"
+            )
+        guarded = [a.token for a in portfolio.allocations]
+        guarded += [t for t in self.tokens.values() if t.is_quote and t not in guarded]
+        problems = [
+            f"{kind}: {problem}"
+            for kind, delegation in (
+                ("approve", mode.delegations.approve),
+                ("swap", mode.delegations.swap),
+            )
+            for problem in least_authority_problems(
+                delegation,
+                account=portfolio.smart_account,
+                delegate=self.signer.address,
+                router=config.chain.router,
+                enforcers=config.delegation,
+                guard=config.guard,
+                guard_feeds={t.address: str(t.price_feed) for t in guarded},
+                token_decimals={t.address: t.decimals for t in guarded},
+                now=int(self.now().timestamp()),
+            )
+        ]
+        if problems:
+            raise ValueError("weaker than driftd requires: " + "; ".join(problems))
+        expires_at = delegations_expire_at(
+            [mode.delegations.approve, mode.delegations.swap], config.delegation
+        )
+        if expires_at is not None:  # least_authority_problems requires an expiry
+            self.expiries[portfolio.id] = expires_at
         return mode
+
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        """Why the portfolio's delegations cannot be redeemed now (expired), or None."""
+        expires_at = self.expiries.get(portfolio_id)
+        if expires_at is not None and self.now().timestamp() >= expires_at:
+            when = datetime.fromtimestamp(expires_at, UTC).isoformat()
+            return (
+                f"No trade: the portfolio's delegations expired at {when} "
+                "(have the owner sign new ones: driftd delegation build)"
+            )
+        return None
+
+    def expiring(self) -> dict[str, float]:
+        """Running portfolios whose delegations expire within :data:`EXPIRY_WARNING`, with the
+        seconds left (negative: expired)."""
+        now = self.now().timestamp()
+        out: dict[str, float] = {}
+        for name, spec in self.specs.items():
+            expires_at = self.expiries.get(spec.id)
+            if expires_at is not None and expires_at - now < EXPIRY_WARNING:
+                out[name] = expires_at - now
+        return out
 
     def spec_of(self, portfolio: dbm.Portfolio) -> PortfolioSpec:
         wallet = self.config.current.execution.mode == "wallet"
@@ -419,6 +488,21 @@ class Daemon:
             targets={a.token.symbol: a.weight for a in portfolio.allocations},
             tokens=tuple(message_token(a.token) for a in portfolio.allocations),
         )
+
+
+def delegations_expire_at(
+    delegations: Sequence[Delegation], enforcers: DelegationConfig
+) -> int | None:
+    """The earliest TimestampEnforcer "before" bound among ``delegations`` (None: none)."""
+    bounds = []
+    for delegation in delegations:
+        for caveat in delegation.caveats:
+            if caveat.enforcer == enforcers.timestamp:
+                with contextlib.suppress(ValueError):
+                    before = decode_timestamp(caveat.terms)[1]
+                    if before > 0:
+                        bounds.append(before)
+    return min(bounds, default=None)
 
 
 class OtherSigner(Exception):
@@ -651,6 +735,7 @@ async def run_daemon(
                     mode_for=lambda request: daemon.mode_for(request),
                     settings=lambda: executor_settings(holder.current),
                     max_in_flight=config.execution.max_in_flight,
+                    delegation_problem=lambda portfolio_id: daemon.delegation_problem(portfolio_id),
                     now=now,
                     fault=faults.check,
                     alert=lambda kind, fields: daemon.alert(kind, fields),
@@ -684,6 +769,7 @@ async def run_daemon(
                 accepting=lambda: daemon.accepting,
                 record_valuation=daemon.record_valuation,
                 signer_blocked=lambda: daemon.executor.transactions.blocked(),
+                delegation_problem=lambda portfolio_id: daemon.delegation_problem(portfolio_id),
                 in_flight=lambda portfolio_id: portfolio_id in daemon.executor.in_flight,
                 healthy=supervisor.mark_healthy,
             )

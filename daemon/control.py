@@ -80,6 +80,9 @@ async def run_probes(
             probes.chain_ok, probes.chain_error = True, None
             probes.head_block = head.number
             probes.head_block_at = datetime.fromtimestamp(head.timestamp, UTC)
+        for name, left in daemon.expiring().items():
+            # Repeats are suppressed by the alert sink (alerts.repeat_window).
+            daemon.alert("DELEGATION_EXPIRING", {"portfolio": name, "seconds_left": int(left)})
         probes.probed_at = trio.current_time()
         daemon.notifier.status(status_line(daemon))
         if not started:
@@ -172,6 +175,7 @@ class DaemonControls:
             actors=daemon.supervisor.actors,
             cooldown_minutes=config.rebalance.cooldown_minutes,
             invalid=daemon.invalid,
+            expiring=daemon.expiring(),
             price_problems=snapshot.problems if snapshot is not None else (),
             database_error=daemon.probes.database_error,
             chain_error=daemon.probes.chain_error,

@@ -173,6 +173,8 @@ class Executor:
     """Test hook: raises (or kills the process) at named points (see :mod:`daemon.faults`)."""
     node: Node | None = None
     """The lifecycle's view of the chain (default: JSON-RPC through ``chain``)."""
+    delegation_problem: Callable[[int], str | None] = lambda portfolio_id: None
+    """Why a portfolio's delegations cannot be redeemed now (expired), or None."""
     status: ExecutorStatus = attrs.field(init=False)
     transactions: SignerTransactions = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
@@ -346,6 +348,9 @@ class Executor:
                     f"No trade: the plan's prices are {age:.0f} s old "
                     f"(max_age {settings.max_price_age:.0f} s)"
                 )
+        unusable = self.delegation_problem(request.portfolio_id)
+        if unusable is not None:
+            return unusable
         blocked = self.transactions.blocked()
         if blocked is not None and not settings.dry_run:
             return f"No trade: the signer cannot send: {blocked}"

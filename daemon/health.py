@@ -419,6 +419,11 @@ def _remove_own_socket(path: str, inode: int | None) -> None:
 # ============================================================================ health document
 
 
+def _span(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
 
@@ -492,6 +497,7 @@ def build_health_document(
     actors: Mapping[str, Supervised[PortfolioState]],
     cooldown_minutes: Decimal,
     invalid: Mapping[str, str] | None = None,
+    expiring: Mapping[str, float] | None = None,
     price_problems: Sequence[str] = (),
     database_error: str | None = None,
     chain_error: str | None = None,
@@ -504,9 +510,9 @@ def build_health_document(
 
     Pure: everything it looks at is passed in, so every rule is unit-tested without a daemon.
     ``actors`` is ``Supervisor.actors``; ``invalid`` the portfolios that cannot run, with the
-    reason; ``trio_now`` is ``trio.current_time()`` (the executor's loop clock);
-    ``max_head_age`` judges the chain head's age (None: not judged — an idle devnet mines no
-    blocks)."""
+    reason; ``expiring`` the portfolios whose delegations expire soon, with the seconds left;
+    ``trio_now`` is ``trio.current_time()`` (the executor's loop clock); ``max_head_age``
+    judges the chain head's age (None: not judged — an idle devnet mines no blocks)."""
     failing: list[str] = []
     degraded: list[str] = []
     uptime = (now - started_at).total_seconds()
@@ -536,6 +542,14 @@ def build_health_document(
         portfolios[name] = entry
         if entry["state"] in ("parked", "restarting"):
             degraded.append(f"portfolio {name}: {entry['state']} ({entry['last_error']})")
+    for name, left in sorted((expiring or {}).items()):
+        if name in portfolios:
+            portfolios[name]["delegations_expire_in_seconds"] = round(left)
+        degraded.append(
+            f"portfolio {name}: delegations expired {_span(-left)} ago"
+            if left <= 0
+            else f"portfolio {name}: delegations expire in {_span(left)}"
+        )
     for name, reason in sorted((invalid or {}).items()):
         portfolios[name] = {
             "state": "invalid",

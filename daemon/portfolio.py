@@ -106,6 +106,8 @@ class PortfolioDeps:
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
     signer_blocked: Callable[[], str | None] = lambda: None
     """Why the executor's signer cannot send now (no gas money…): no request is made meanwhile."""
+    delegation_problem: Callable[[int], str | None] = lambda portfolio_id: None
+    """Why the portfolio's delegations cannot be redeemed now (expired), or None."""
     in_flight: Callable[[int], bool] = lambda portfolio_id: False
     """Whether the executor is carrying out (or recovering) an attempt of this portfolio."""
     healthy: Callable[[str], None] = lambda portfolio: None
@@ -211,6 +213,9 @@ async def evaluate_portfolio(
             "No trade: a rebalance of this portfolio is in flight",
             max_drift=decision.max_drift,
         )
+    unusable = deps.delegation_problem(spec.id)
+    if unusable is not None:
+        return _skip(state, log, unusable, max_drift=decision.max_drift)
     blocked = deps.signer_blocked()
     if blocked is not None:
         return _skip(

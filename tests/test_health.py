@@ -598,6 +598,15 @@ def test_a_blocked_signer_or_a_stuck_transaction_degrades_health() -> None:
     assert stuck["executor"]["stuck_seconds"] == 960.0
 
 
+def test_delegations_expiring_soon_or_expired_degrade_health() -> None:
+    doc = document(expiring={"main": 2.5 * 86400})
+    assert doc["status"] == "degraded"
+    assert doc["problems"] == ["portfolio main: delegations expire in 2.5 days"]
+    assert doc["portfolios"]["main"]["delegations_expire_in_seconds"] == 216000
+    expired = document(expiring={"main": -7200.0})
+    assert expired["problems"] == ["portfolio main: delegations expired 2.0 h ago"]
+
+
 def test_no_tick_yet_is_degraded_during_startup_then_failing() -> None:
     starting = document(last_tick_at=None, started_at=NOW - timedelta(seconds=5))
     assert starting["status"] == "degraded"

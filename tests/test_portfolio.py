@@ -124,6 +124,9 @@ async def test_no_request_while_the_signer_is_blocked_or_backing_off() -> None:
         assert reason == "No trade: backing off after 2 failed attempt(s), 91 s left"
         paused = await evaluate_portfolio(SPEC, PortfolioState(paused=True), make_deps(send))
         assert paused == "paused"
+        deps = make_deps(send)
+        deps.delegation_problem = lambda portfolio_id: f"expired ({portfolio_id})"
+        assert await evaluate_portfolio(SPEC, PortfolioState(), deps) == "expired (7)"
 
 
 async def test_each_completed_evaluation_reports_the_actor_healthy(
