@@ -100,7 +100,7 @@ def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _registrars() -> list[Callable[[Subparsers], None]]:
     """Subsystems that add subcommands."""
-    from daemon import cli_control, cli_db, cli_delegation, cli_demo
+    from daemon import cli_control, cli_db, cli_delegation, cli_demo, cli_guard
     from daemon.registration import verify_portfolio_delegations
 
     return [
@@ -108,6 +108,7 @@ def _registrars() -> list[Callable[[Subparsers], None]]:
         cli_delegation.register,
         cli_control.register,
         cli_demo.register,
+        cli_guard.register,
     ]
 
 
