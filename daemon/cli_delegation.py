@@ -10,8 +10,10 @@ Tokens are given as ``SYMBOL=0xADDRESS`` or as a plain ``SYMBOL`` resolved throu
 (the token registry, injected by the caller of :func:`register`). The oracle guard on the swap
 delegation (issue 11) lists the portfolio's tokens and the quote token, each with its USD feed:
 feeds and the quote token come from the token registry (``driftd token add … --feed``), feed
-decimals from the feeds on chain. Both delegations expire after ``guard.valid_days`` and carry
-``ValueLteEnforcer(0)``.
+decimals from the feeds on chain. Both delegations expire after ``guard.valid_days``, carry
+``ValueLteEnforcer(0)`` and a NonceEnforcer caveat with the account's current nonce (read on
+chain), so the owner revokes everything they signed for driftd with one ``incrementNonce``;
+``verify`` refuses a delegation whose nonce is no longer the current one.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ from daemon.delegation import (
     DelegationDomain,
     DelegationFormatError,
     build_portfolio_delegations,
+    current_nonce,
     is_disabled_on_chain,
     kind_of,
     least_authority_problems,
+    nonce_problems,
     parse_delegation_file,
     signature_is_valid_on_chain,
 )
@@ -291,7 +295,9 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
         print(f"driftd delegation build: {'; '.join(problems)}", file=sys.stderr)
         return exitcodes.DATA_ERROR
     try:
-        feed_decimals = trio.run(_read_decimals, config, [str(e.feed) for e in entries.values()])
+        feed_decimals, nonce = trio.run(
+            _read_chain, config, [str(e.feed) for e in entries.values()], account
+        )
     except ChainError as exc:
         print(f"driftd delegation build: chain unavailable: {exc}", file=sys.stderr)
         return exitcodes.UNAVAILABLE
@@ -308,6 +314,7 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
         salt=salt,
         guard=build_guard_caveat(config, entries, feed_decimals),
         expires_at=int(time.time()) + config.guard.valid_days * 86_400,
+        nonce=nonce,
     )
     domain = _domain(config)
     documents = [delegation.typed_data(domain) for delegation in delegations.as_list()]
@@ -315,9 +322,18 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
     return exitcodes.OK
 
 
-async def _read_decimals(config: Config, feeds: Sequence[str]) -> list[int]:
+async def _read_chain(config: Config, feeds: Sequence[str], account: str) -> tuple[list[int], int]:
+    """The feeds' decimals and the account's current NonceEnforcer nonce."""
     async with ChainClient(config.chain) as client:
-        return await read_feed_decimals(client, feeds)
+        decimals = await read_feed_decimals(client, feeds)
+        try:
+            nonce = await current_nonce(client, config.delegation, account)
+        except Reverted:
+            raise ValueError(
+                f"delegation.nonce {config.delegation.nonce} is not a NonceEnforcer "
+                "(currentNonce reverted)"
+            ) from None
+        return decimals, nonce
 
 
 def verify_command(args: argparse.Namespace, config: Config) -> int:
@@ -412,6 +428,7 @@ async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -
                 problems.append("signature rejected by the smart account (ERC-1271)")
             if await is_disabled_on_chain(client, delegation, domain):
                 problems.append("disabled on the DelegationManager")
+            problems += await nonce_problems(client, delegation, config.delegation)
             problems += await feed_decimal_problems(client, delegation, config.guard.enforcer)
             results.append(problems)
     return results

@@ -522,6 +522,7 @@ _CANONICAL_V1_3_0: Final = {
     "redeemer": "0xE144b0b2618071B4E56f746313528a669c7E65c5",
     "timestamp": "0x1046bb45C8d673d4ea75321280DB34899413c069",
     "value_lte": "0x92Bf12322527cAA612fd31a0e810472BBB106A8F",
+    "nonce": "0xDE4f2FAC4B3D87A1d9953Ca5FC09FCa7F366254f",
 }
 
 
@@ -541,6 +542,11 @@ class DelegationConfig:
     redeemer: str = _enforcer("redeemer", "RedeemerEnforcer address.")
     timestamp: str = _enforcer("timestamp", "TimestampEnforcer address.")
     value_lte: str = _enforcer("value_lte", "ValueLteEnforcer address.")
+    nonce: str = _enforcer(
+        "nonce",
+        "NonceEnforcer address (one-step revocation: the owner's smart account calls "
+        "incrementNonce(manager) and every delegation signed at the old nonce stops working).",
+    )
 
 
 @attrs.frozen
@@ -555,8 +561,9 @@ class GuardConfig:
     enforcer: str = setting(
         "",
         _optional_address,
-        "DriftGuardEnforcer address (no canonical deployment yet: set it; the devnet sets its "
-        "own). Empty: delegations cannot be built or verified.",
+        "DriftGuardEnforcer address: `driftd guard address` prints it (one CREATE2 address per "
+        "source on every chain), `driftd guard deploy` deploys it; the devnet sets its own. "
+        "Empty: delegations cannot be built or verified.",
     )
     max_loss_bps: int = setting(
         100,

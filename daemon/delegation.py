@@ -286,6 +286,63 @@ def value_lte_terms(max_value: int = 0) -> bytes:
     return max_value.to_bytes(32, "big")
 
 
+def nonce_terms(nonce: int) -> bytes:
+    """NonceEnforcer terms: ``uint256 nonce``, the delegator's current nonce when signing."""
+    return nonce.to_bytes(32, "big")
+
+
+def decode_nonce(terms: bytes) -> int:
+    if len(terms) != 32:
+        raise ValueError("Nonce terms are not 32 bytes")
+    return int.from_bytes(terms, "big")
+
+
+def increment_nonce_call(manager: str) -> bytes:
+    """What the owner's smart account calls on the NonceEnforcer to revoke, in one step, every
+    delegation it signed at its current nonce: ``incrementNonce(address delegationManager)``."""
+    return encode_call("incrementNonce(address)", to_address(manager))
+
+
+async def current_nonce(client: ChainClient, enforcers: DelegationConfig, delegator: str) -> int:
+    """The delegator's current nonce in the NonceEnforcer (the one new delegations carry)."""
+    raw = await client.call(
+        enforcers.nonce,
+        encode_call("currentNonce(address,address)", enforcers.manager, to_address(delegator)),
+    )
+    if len(raw) < 32:
+        raise ValueError(f"NonceEnforcer at {enforcers.nonce} returned no currentNonce")
+    return int.from_bytes(raw[:32], "big")
+
+
+async def nonce_problems(
+    client: ChainClient, delegation: Delegation, enforcers: DelegationConfig
+) -> list[str]:
+    """A delegation whose NonceEnforcer terms are not the delegator's current nonce on chain is
+    revoked (the owner incremented it) or not yet valid: the enforcer reverts either way."""
+    problems: list[str] = []
+    current: int | None = None
+    for caveat in delegation.caveats:
+        if caveat.enforcer != enforcers.nonce:
+            continue
+        try:
+            signed_at = decode_nonce(caveat.terms)
+        except ValueError:
+            continue  # reported by least_authority_problems
+        if current is None:
+            try:
+                current = await current_nonce(client, enforcers, delegation.delegator)
+            except (Reverted, ValueError):
+                return [f"NonceEnforcer at {enforcers.nonce} does not answer currentNonce"]
+        if signed_at < current:
+            problems.append(
+                f"revoked: the owner incremented the nonce (signed at nonce {signed_at}, "
+                f"current {current})"
+            )
+        elif signed_at != current:
+            problems.append(f"nonce {signed_at} is not the current nonce {current}")
+    return problems
+
+
 def address_word(address: str) -> bytes:
     """An address as its 32-byte ABI word."""
     return b"\x00" * 12 + bytes.fromhex(to_address(address)[2:])
@@ -333,13 +390,16 @@ def build_portfolio_delegations(
     salt: int,
     guard: Caveat | None = None,
     expires_at: int | None = None,
+    nonce: int | None = None,
 ) -> PortfolioDelegations:
     """The minimal unsigned delegations for ``account``'s portfolio of ``tokens`` on ``router``.
 
     ``guard`` (:func:`daemon.guard.guard_caveat`) goes on the swap delegation; ``expires_at``
-    (unix seconds) adds a TimestampEnforcer expiry and ``ValueLteEnforcer(0)`` to both. The
-    delegations driftd asks owners to sign carry all three (:func:`least_authority_problems`
-    refuses them otherwise); without them, only the pins remain.
+    (unix seconds) adds a TimestampEnforcer expiry and ``ValueLteEnforcer(0)`` to both;
+    ``nonce`` (the delegator's :func:`current_nonce`) adds a NonceEnforcer caveat to both, so
+    the owner revokes both in one ``incrementNonce``. The delegations driftd asks owners to sign
+    carry all of them (:func:`least_authority_problems` refuses them otherwise); without them,
+    only the pins remain.
     """
     if not tokens:
         raise ValueError("a portfolio needs at least one token")
@@ -351,6 +411,8 @@ def build_portfolio_delegations(
             Caveat(enforcers.timestamp, timestamp_terms(expires_at=expires_at)),
             Caveat(enforcers.value_lte, value_lte_terms(0)),
         )
+    if nonce is not None:
+        common += (Caveat(enforcers.nonce, nonce_terms(nonce)),)
     approve = Delegation(
         delegate=delegate,
         delegator=account,
@@ -445,7 +507,9 @@ def least_authority_problems(
     """Why ``delegation`` grants more than DESIGN.md §4.6 and issue 11 allow (empty: it does not).
 
     Extra caveats are fine (each only restricts further); missing or wider ones are not. Both
-    delegations must expire (TimestampEnforcer, after ``now``) and carry ``ValueLteEnforcer(0)``;
+    delegations must expire (TimestampEnforcer, after ``now``), carry ``ValueLteEnforcer(0)`` and
+    a NonceEnforcer caveat (one-step revocation; whether its nonce is still the current one is
+    an on-chain question: :func:`nonce_problems`);
     the swap delegation must carry the oracle guard at ``guard.enforcer`` with bounds no weaker
     than ``guard``'s. ``guard_feeds`` (token → feed: the portfolio's tokens and the quote token)
     is the exact token set the guard must list, each with its registered feed; ``token_decimals``
@@ -501,6 +565,7 @@ def _expiry_problems(
     problems: list[str] = []
     expiries: list[int] = []
     value_caps: list[int] = []
+    nonces = 0
     for caveat in delegation.caveats:
         if caveat.enforcer == enforcers.timestamp:
             try:
@@ -512,6 +577,11 @@ def _expiry_problems(
                 problems.append(f"{kind}: ValueLte terms are not 32 bytes")
             else:
                 value_caps.append(int.from_bytes(caveat.terms, "big"))
+        elif caveat.enforcer == enforcers.nonce:
+            if len(caveat.terms) != 32:
+                problems.append(f"{kind}: Nonce terms are not 32 bytes")
+            else:
+                nonces += 1
     bounded = [expiry for expiry in expiries if expiry > 0]
     if not bounded:
         problems.append(f"{kind}: no expiry (TimestampEnforcer caveat with a 'before' bound)")
@@ -521,6 +591,11 @@ def _expiry_problems(
         problems.append(f"{kind}: no ValueLteEnforcer(0) caveat: the call could carry ETH")
     elif min(value_caps) != 0:
         problems.append(f"{kind}: ValueLte allows {min(value_caps)} wei per call, expected 0")
+    if not nonces:
+        problems.append(
+            f"{kind}: no one-step revocation (NonceEnforcer): the owner could not revoke it and "
+            "its sibling with one incrementNonce"
+        )
     return problems
 
 

@@ -31,6 +31,7 @@ from daemon.db import Database, open_database
 from daemon.delegation import (
     DelegationDomain,
     build_portfolio_delegations,
+    current_nonce,
     dump_delegation_file,
     sign_delegation,
 )
@@ -321,6 +322,7 @@ async def setup(
             salt=index + 1,
             guard=guard_caveat(config.guard.enforcer, terms),
             expires_at=int(time.time()) + config.guard.valid_days * 86_400,
+            nonce=await current_nonce(chain, devnet.delegation_config(), account.address),
         )
         signed = [sign_delegation(d, domain, owner_key) for d in built.as_list()]
         path = temp_dir / f"{name}-delegations.json"

@@ -8,8 +8,10 @@ committed): WETH9, UniswapV2Factory and Router02 (``@uniswap/v2-core``/``v2-peri
 Delegation Framework v1.3.0 (``@metamask/delegation-abis``: DelegationManager, EntryPoint,
 SimpleFactory, HybridDeleGator linked to SCL_RIP7212, the caveat enforcers) and our own
 :file:`contracts/DevnetToken.sol` (OpenZeppelin ERC20 with chosen decimals and open mint),
-compiled with solc-js in a ``node`` subprocess and cached in ``.driftd-cache/``. With them, driftd's
-oracle guard (:file:`contracts/DriftGuardEnforcer.sol`, see :mod:`daemon.guard`) and one mock
+compiled with the pinned solc-js by :mod:`daemon.solidity` (cached in ``.driftd-cache/``). With
+them, driftd's oracle guard (:file:`contracts/DriftGuardEnforcer.sol`, see :mod:`daemon.guard`),
+deployed through the deterministic-deployment proxy with the production salt
+(:mod:`daemon.create2`) so it sits at the address ``driftd guard address`` prints, and one mock
 Chainlink feed per token (:file:`contracts/DevnetAggregator.sol`) at the pools' reference prices.
 
 Lifetime: anvil runs in its own session (process group) and, on Linux, with a parent-death signal,
@@ -48,11 +50,14 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_utils.crypto import keccak
 
+from daemon import create2
 from daemon.chain import ChainClient, encode_call, hex_bytes, hex_int, hex_of, to_address
 from daemon.config import ChainConfig, DelegationConfig, GuardConfig, Secret
+from daemon.create2 import GUARD_CONTRACT, GUARD_SALT
+from daemon.solidity import SETUP_HINT, CompilerMissing, SolidityError, compile_contracts
 
 DEVNET_CHAIN_ID: Final = 31337
-NPM_HINT: Final = "run ./dev setup (it installs the pinned npm packages with npm ci)"
+NPM_HINT: Final = SETUP_HINT
 _LISTENING_RE: Final = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
 _LINK_PLACEHOLDER_RE: Final = re.compile(r"__\$[0-9a-fA-F]{34}\$__")
 _DEPLOY_GAS: Final = 25_000_000
@@ -79,6 +84,7 @@ ENFORCER_CONTRACTS: Final = {
     "redeemer": "RedeemerEnforcer",
     "timestamp": "TimestampEnforcer",
     "value_lte": "ValueLteEnforcer",
+    "nonce": "NonceEnforcer",
 }
 _FRAMEWORK_CONTRACTS: Final = (
     "DelegationManager",
@@ -234,41 +240,14 @@ def launch_anvil(
 
 # --- artifacts ------------------------------------------------------------------------------
 
-_ARTIFACTS_SCRIPT: Final = r"""
+_FRAMEWORK_SCRIPT: Final = r"""
 const fs = require('fs');
 const request = JSON.parse(fs.readFileSync(0, 'utf8'));
 const bytecode = require('@metamask/delegation-abis/bytecode');
-const out = {framework: {}, contracts: {}};
+const out = {framework: {}};
 for (const name of request.framework) {
   if (typeof bytecode[name] !== 'string') throw new Error('no bytecode for ' + name);
   out.framework[name] = bytecode[name];
-}
-if (request.sources !== null) {
-  const solc = require('solc');
-  const sources = {};
-  const outputSelection = {};
-  for (const [file, content] of Object.entries(request.sources)) {
-    sources[file] = {content};
-    outputSelection[file] = {'*': ['evm.bytecode.object']};
-  }
-  const input = {
-    language: 'Solidity',
-    sources,
-    settings: {optimizer: {enabled: true, runs: 200}, evmVersion: 'cancun', outputSelection},
-  };
-  const findImports = (p) => {
-    try { return {contents: fs.readFileSync(require.resolve(p), 'utf8')}; }
-    catch (e) { return {error: 'import not found: ' + p}; }
-  };
-  const result = JSON.parse(solc.compile(JSON.stringify(input), {import: findImports}));
-  const errors = (result.errors || []).filter((e) => e.severity === 'error');
-  if (errors.length) throw new Error(errors.map((e) => e.formattedMessage).join('\n'));
-  for (const file of Object.keys(request.sources)) {
-    for (const [name, contract] of Object.entries(result.contracts[file] || {})) {
-      if (contract.evm.bytecode.object) out.contracts[name] = '0x' + contract.evm.bytecode.object;
-    }
-  }
-  out.solc = solc.version();
 }
 process.stdout.write(JSON.stringify(out));
 """
@@ -291,29 +270,35 @@ class Artifacts:
 
 
 def load_artifacts(root: Path | None = None) -> Artifacts:
-    """Read bytecode from node_modules; compile :file:`contracts/*.sol` (cached by source hash)."""
+    """Read bytecode from node_modules; compile :file:`contracts/*.sol` (:mod:`daemon.solidity`).
+
+    Both are cached in ``.driftd-cache/`` (the framework's by lock file, ours by source hash).
+    """
     root = root or project_root()
     core = _require_package(root, "@uniswap/v2-core")
     periphery = _require_package(root, "@uniswap/v2-periphery")
     for package in ("@metamask/delegation-abis", "solc", "@openzeppelin/contracts"):
         _require_package(root, package)
-    sources = {
-        path.name: path.read_text(encoding="utf-8")
-        for path in sorted((Path(__file__).parent / "contracts").glob("*.sol"))
-    }
-    source = "".join(f"{name}\0{text}\0" for name, text in sources.items())
+    try:
+        contracts = compile_contracts(root)
+    except CompilerMissing as exc:
+        raise NpmPackagesMissing(str(exc)) from None
+    except SolidityError as exc:
+        raise DevnetError(str(exc)) from None
     lock = (
         (root / "package-lock.json").read_bytes() if (root / "package-lock.json").is_file() else b""
     )
-    cache_key = hashlib.sha256(source.encode() + lock + _ARTIFACTS_SCRIPT.encode()).hexdigest()[:16]
-    cache = root / ".driftd-cache" / f"devnet-artifacts-{cache_key}.json"
+    request = {"framework": list(_FRAMEWORK_CONTRACTS)}
+    cache_key = hashlib.sha256(
+        json.dumps(request).encode() + lock + _FRAMEWORK_SCRIPT.encode()
+    ).hexdigest()[:16]
+    cache = root / ".driftd-cache" / f"devnet-framework-{cache_key}.json"
     if cache.is_file():
-        compiled = json.loads(cache.read_text(encoding="utf-8"))
+        framework = json.loads(cache.read_text(encoding="utf-8"))
     else:
-        request = {"framework": list(_FRAMEWORK_CONTRACTS), "sources": sources}
         try:
             done = subprocess.run(
-                ["node", "-e", _ARTIFACTS_SCRIPT],
+                ["node", "-e", _FRAMEWORK_SCRIPT],
                 input=json.dumps(request).encode(),
                 capture_output=True,
                 cwd=root,
@@ -324,10 +309,10 @@ def load_artifacts(root: Path | None = None) -> Artifacts:
             raise NpmPackagesMissing(f"node is not installed: {NPM_HINT}") from None
         if done.returncode != 0:
             raise DevnetError(f"reading contract artifacts failed:\n{done.stderr.decode()[-2000:]}")
-        compiled = json.loads(done.stdout)
+        framework = json.loads(done.stdout)
         cache.parent.mkdir(exist_ok=True)
         temporary = cache.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(compiled), encoding="utf-8")
+        temporary.write_text(json.dumps(framework), encoding="utf-8")
         temporary.replace(cache)
 
     def build_json(path: Path) -> bytes:
@@ -338,10 +323,10 @@ def load_artifacts(root: Path | None = None) -> Artifacts:
         weth9=build_json(periphery / "build" / "WETH9.json"),
         uniswap_factory=build_json(core / "build" / "UniswapV2Factory.json"),
         uniswap_router=build_json(periphery / "build" / "UniswapV2Router02.json"),
-        framework=dict(compiled["framework"]),
-        devnet_token=hex_bytes(compiled["contracts"]["DevnetToken"]),
-        guard_enforcer=hex_bytes(compiled["contracts"]["DriftGuardEnforcer"]),
-        devnet_aggregator=hex_bytes(compiled["contracts"]["DevnetAggregator"]),
+        framework=dict(framework["framework"]),
+        devnet_token=contracts["DevnetToken"],
+        guard_enforcer=contracts[GUARD_CONTRACT],
+        devnet_aggregator=contracts["DevnetAggregator"],
     )
 
 
@@ -374,8 +359,8 @@ def create_address(sender: str, nonce: int) -> str:
 
 
 def create2_address(deployer: str, salt: bytes, init_code: bytes) -> str:
-    """Address of a CREATE2 deployment."""
-    return to_address(keccak(b"\xff" + bytes.fromhex(deployer[2:]) + salt + keccak(init_code))[12:])
+    """Address of a CREATE2 deployment by ``deployer`` (:func:`daemon.create2.create2_address`)."""
+    return create2.create2_address(salt, init_code, deployer)
 
 
 # --- the deployed devnet --------------------------------------------------------------------
@@ -435,7 +420,8 @@ class Devnet:
     accounts: tuple[SmartAccount, ...] = ()
     deploy_seconds: float = 0.0
     guard: str = ""
-    """DriftGuardEnforcer, the oracle-bounded caveat enforcer (:mod:`daemon.guard`)."""
+    """DriftGuardEnforcer, the oracle-bounded caveat enforcer (:mod:`daemon.guard`), at its
+    CREATE2 address through the proxy (:func:`daemon.create2.create2_address`, ``GUARD_SALT``)."""
     feeds: Mapping[str, str] = attrs.field(factory=dict)
     """Token symbol → its mock Chainlink USD feed (:data:`FEED_DECIMALS` decimals)."""
     reference_usd: Mapping[str, Decimal] = attrs.field(factory=dict)
@@ -612,7 +598,11 @@ async def deploy_devnet(
         field: await deployer.deploy(_code(artifacts, contract))
         for field, contract in ENFORCER_CONTRACTS.items()
     }
-    guard = await deployer.deploy(artifacts.guard_enforcer)
+    # The guard goes through the deterministic-deployment proxy with the production salt, so
+    # it sits where `driftd guard address` says it does on every chain.
+    await ensure_create2_proxy(client)
+    guard = create2.create2_address(GUARD_SALT, artifacts.guard_enforcer)
+    await deployer.send(create2.PROXY, GUARD_SALT + artifacts.guard_enforcer, gas=_DEPLOY_GAS)
     reference_usd = reference_prices(pools, quote_symbol="USDC")
     feeds = {
         token.symbol: await deployer.deploy(
@@ -693,6 +683,12 @@ async def deploy_devnet(
         feeds=feeds,
         reference_usd=reference_usd,
     )
+
+
+async def ensure_create2_proxy(client: ChainClient) -> None:
+    """Make sure the deterministic-deployment proxy is there (anvil predeploys it; else set it)."""
+    if await client.get_code(create2.PROXY) != create2.PROXY_RUNTIME_CODE:
+        await client.request("anvil_setCode", [create2.PROXY, hex_of(create2.PROXY_RUNTIME_CODE)])
 
 
 class _Funder:

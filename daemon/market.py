@@ -16,6 +16,12 @@ How much to sell for a target price (exact Uniswap V2 arithmetic, 0.3 % fee, γ 
 ``g = (r + x)(r + γx) / r²``, so ``x = r · (√((1 + γ)² + 4γ(g − 1)) − (1 + γ)) / (2γ)``; buying
 the token (price up by ``f``) sells quote with ``g = f``, selling it (price down) sells the token
 with ``g = 1 / f``. Amounts on chain are integers in base units.
+
+The oracle feeds follow the pools: the demo's feeds are mock Chainlink aggregators, and the
+guard (:mod:`daemon.guard`) values every rebalance at their prices, so after each move the
+trader posts the token's new pool price to its feed (:func:`daemon.devnet.set_feed_price`), and
+every :data:`FEED_REFRESH_SECONDS` it posts the current pool price of every feed again, so no
+feed goes stale however long the demo runs.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import trio
 
 from daemon.chain import ChainClient, TxRequest, TxSigner
 from daemon.config import Secret
-from daemon.devnet import Devnet, DevnetToken, fund, set_eth_balance
+from daemon.devnet import Devnet, DevnetToken, fund, set_eth_balance, set_feed_price
 from daemon.uniswap import (
     UniswapV2,
     deadline_from,
@@ -48,6 +54,8 @@ FEE_FACTOR: Final = Decimal("0.997")
 """Uniswap V2's 0.3 % swap fee: the share of the input that counts."""
 RECEIPT_POLL_SECONDS: Final = 0.02
 RECEIPT_TIMEOUT_SECONDS: Final = 30.0
+FEED_REFRESH_SECONDS: Final = 300.0
+"""Longest a feed goes without a new round while the market runs (far below any staleness)."""
 _PRECISION: Final = 50
 
 
@@ -156,12 +164,22 @@ class PriceMove:
 class Trader:
     """The market's account: holds stock of every token and swaps it on the pools."""
 
-    def __init__(self, chain: ChainClient, devnet: Devnet, key: Secret) -> None:
+    def __init__(
+        self,
+        chain: ChainClient,
+        devnet: Devnet,
+        key: Secret,
+        *,
+        feed_refresh: float = FEED_REFRESH_SECONDS,
+    ) -> None:
         self.chain = chain
         self.devnet = devnet
         self.signer = TxSigner(key=key)
         self.uniswap = UniswapV2(chain, devnet.router, devnet.quote.address)
+        self.feed_refresh = feed_refresh
         self._nonce: int | None = None
+        self._feed_posted: dict[str, float] = {}
+        """Symbol → trio time its feed last got a round from us."""
 
     @property
     def address(self) -> str:
@@ -212,15 +230,32 @@ class Trader:
             deadline_from(block.timestamp, 600),
         )
         tx_hash = await self._send(self.devnet.router, data, SWAP_GAS)
+        after = await self.price(step.symbol)
+        await self.post_feed(step.symbol, after)
         return PriceMove(
             symbol=step.symbol,
             price_before=before,
-            price_after=await self.price(step.symbol),
+            price_after=after,
             jump=step.jump,
             tx_hash=tx_hash,
             sold=sell.symbol,
             amount_in=amount,
         )
+
+    async def post_feed(self, symbol: str, usd: Decimal) -> None:
+        """Post ``usd`` to ``symbol``'s mock feed (the quote token is taken as 1 USD)."""
+        if symbol not in self.devnet.feeds:
+            return
+        await set_feed_price(self.chain, self.devnet, symbol, usd)
+        self._feed_posted[symbol] = trio.current_time()
+
+    async def refresh_feeds(self) -> None:
+        """Post the current pool price to every feed not posted for ``feed_refresh`` seconds."""
+        now = trio.current_time()
+        for symbol in self.devnet.feeds:
+            posted = self._feed_posted.get(symbol)
+            if posted is None or now - posted >= self.feed_refresh:
+                await self.post_feed(symbol, await self.price(symbol))
 
     async def _ensure_stock(self, token: DevnetToken, amount: int) -> None:
         (balance,) = (await self.chain.balances(self.address, [token.address])).values()
@@ -263,8 +298,11 @@ async def run_market(
     task_status: trio.TaskStatus[Mapping[str, Decimal]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Move prices forever: a round of steps, then the walk's delay. Started with the opening
-    prices (the walk's reference) once they are read."""
+    prices (the walk's reference) once they are read and every feed is at its pool's price.
+    Each move also posts the token's new pool price to its feed; feeds the walk left alone get
+    their price again every ``trader.feed_refresh`` seconds."""
     start = {symbol: await trader.price(symbol) for symbol in walk.symbols}
+    await trader.refresh_feeds()
     task_status.started(start)
     while True:
         await trio.sleep(walk.delay())
@@ -275,3 +313,4 @@ async def run_market(
             move = await trader.move(step)
             if move is not None:
                 on_move(move)
+        await trader.refresh_feeds()

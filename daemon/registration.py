@@ -3,10 +3,12 @@
 ``driftd portfolio add`` refuses a delegation file that would not work or that grants more than
 least authority (DESIGN.md §4.6, issue 11): each delegation must come from the portfolio's smart
 account, name this daemon's signer as delegate, pin targets, methods and calldata, expire, carry
-``ValueLteEnforcer(0)``, and (the swap delegation) the oracle guard over exactly the portfolio's
-tokens and the quote token, each at its registered feed, with bounds no weaker than ``[guard]``;
+``ValueLteEnforcer(0)`` and a NonceEnforcer caveat (one-step revocation), and (the swap
+delegation) the oracle guard over exactly the portfolio's tokens and the quote token, each at
+its registered feed, with bounds no weaker than ``[guard]``;
 on chain, the smart account must accept its signature (ERC-1271, the check the DelegationManager
-makes when the daemon redeems it), the DelegationManager must not have disabled it, and each
+makes when the daemon redeems it), the DelegationManager must not have disabled it, its
+NonceEnforcer nonce must still be the account's current one (not revoked), and each
 guard feed's ``decimals()`` must match the terms. The check always runs: there is no path that
 registers an unverified delegation.
 """
@@ -29,6 +31,7 @@ from daemon.delegation import (
     is_disabled_on_chain,
     kind_of,
     least_authority_problems,
+    nonce_problems,
     signature_is_valid_on_chain,
 )
 from daemon.guard import GuardTermsError, guard_terms_of
@@ -103,6 +106,10 @@ async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -
                 problems.append(f"[{index}]: signature rejected by the smart account (ERC-1271)")
             elif await is_disabled_on_chain(client, delegation, domain):
                 problems.append(f"[{index}]: disabled on the DelegationManager")
+            problems += [
+                f"[{index}]: {problem}"
+                for problem in await nonce_problems(client, delegation, config.delegation)
+            ]
             feeds = await feed_decimal_problems(client, delegation, config.guard.enforcer)
             problems += [f"[{index}]: {problem}" for problem in feeds]
     return problems

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import trio
+from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
 from daemon.chain import ChainClient
@@ -26,10 +27,18 @@ from daemon.cli import main as cli_main
 from daemon.cli_delegation import guard_terms
 from daemon.config import Config, DatabaseConfig, GuardConfig, parse_config
 from daemon.delegation import (
+    ROOT_AUTHORITY,
+    Caveat,
     Delegation,
     DelegationDomain,
+    Execution,
+    allowed_methods_terms,
+    allowed_targets_terms,
     build_portfolio_delegations,
+    current_nonce,
     dump_delegation_file,
+    encode_redeem_delegations,
+    increment_nonce_call,
     sign_delegation,
 )
 from daemon.demo_setup import write_toml as write_demo_toml
@@ -43,7 +52,7 @@ from daemon.devnet import (
 )
 from daemon.drift import Holding, evaluate
 from daemon.guard import GuardToken, guard_caveat
-from daemon.txbuild import SwapLeg, WalletMode
+from daemon.txbuild import Call, SwapLeg, WalletMode
 from daemon.uniswap import UniswapV2, deadline_from
 
 TRADER = devnet_key("market trader")
@@ -159,10 +168,13 @@ def guarded_delegations(
     salt: int | None = None,
     guard: GuardConfig | None = None,
     expires_at: int | None = None,
+    nonce: int | None = 0,
 ) -> list[Delegation]:
     """The delegations `driftd delegation build` makes for ``symbols``, signed by the owner:
     the swap delegation under the oracle guard (the portfolio's tokens and the quote token, at
-    the devnet's feeds), both expiring after ``valid_days`` and carrying ValueLte(0)."""
+    the devnet's feeds), both expiring after ``valid_days`` and carrying ValueLte(0) and the
+    NonceEnforcer caveat at ``nonce`` (the account's current nonce: 0 until its owner revokes
+    with ``incrementNonce``; :func:`daemon.delegation.current_nonce` reads it)."""
     guard = guard or GuardConfig(**GUARD_DOCUMENT)
     if not guard.enforcer:
         guard = devnet.guard_config(guard)
@@ -189,9 +201,41 @@ def guarded_delegations(
             if expires_at is None
             else expires_at
         ),
+        nonce=nonce,
     )
     domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
     return [sign_delegation(d, domain, account.owner_key) for d in built.as_list()]
+
+
+async def owner_increments_nonce(chain: ChainClient, devnet: Devnet, account: SmartAccount) -> None:
+    """The owner revokes everything in one step: the smart account calls
+    ``incrementNonce(manager)`` on the NonceEnforcer. The owner's EOA drives the account through
+    a delegation to itself that allows exactly that call, redeemed on the DelegationManager."""
+    enforcers = devnet.delegation_config()
+    to_self = Delegation(
+        delegate=account.owner,
+        delegator=account.address,
+        authority=ROOT_AUTHORITY,
+        caveats=(
+            Caveat(enforcers.allowed_targets, allowed_targets_terms([enforcers.nonce])),
+            Caveat(
+                enforcers.allowed_methods,
+                allowed_methods_terms([keccak(text="incrementNonce(address)")[:4]]),
+            ),
+        ),
+        salt=1,
+    )
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    signed = sign_delegation(to_self, domain, account.owner_key)
+    await set_eth_balance(chain, account.owner, 10**20)
+    call = Call(
+        to=devnet.manager,
+        data=encode_redeem_delegations(
+            [(signed, Execution(enforcers.nonce, increment_nonce_call(devnet.manager)))]
+        ),
+    )
+    receipt = await send_call(chain, account.owner_key, call)
+    assert receipt.succeeded
 
 
 async def register_portfolio(
@@ -203,8 +247,11 @@ async def register_portfolio(
     env: Mapping[str, str],
     tmp_path: Path,
 ) -> None:
-    """Sign the guarded delegations as the owner, then `driftd portfolio add`."""
-    signed = guarded_delegations(devnet, account, list(targets))
+    """Sign the guarded delegations (at the account's current nonce) as the owner, then
+    `driftd portfolio add`."""
+    async with ChainClient(devnet.chain_config()) as chain:
+        nonce = await current_nonce(chain, devnet.delegation_config(), account.address)
+    signed = guarded_delegations(devnet, account, list(targets), nonce=nonce)
     file = tmp_path / f"{name}-delegations.json"
     file.write_text(dump_delegation_file(signed))
     argv = ["portfolio", "add", name, "--account", account.address, "--delegation", str(file)]

@@ -36,10 +36,14 @@ from daemon.delegation import (
     allowed_methods_terms,
     allowed_targets_terms,
     build_portfolio_delegations,
+    current_nonce,
+    decode_nonce,
     decode_timestamp,
     dump_delegation_file,
     encode_redeem_delegations,
     least_authority_problems,
+    nonce_problems,
+    nonce_terms,
     parse_delegation_file,
     recover_signer,
     sign_delegation,
@@ -93,6 +97,7 @@ def built(
     terms: GuardTerms | None = None,
     guard: str | None = None,
     expires_at: int | None = NOW + 86_400,
+    nonce: int | None = 0,
 ) -> PortfolioDelegations:
     return build_portfolio_delegations(
         account=ACCOUNT,
@@ -103,6 +108,7 @@ def built(
         salt=salt,
         guard=guard_caveat(guard or GUARD.enforcer, terms or guard_terms_for()),
         expires_at=expires_at,
+        nonce=nonce,
     )
 
 
@@ -216,6 +222,8 @@ def test_least_authority_flags_a_delegation_without_calldata_pin() -> None:
         (lambda: built(expires_at=None).swap, {}, "swap: no expiry"),
         (lambda: built(expires_at=None).swap, {}, "swap: no ValueLteEnforcer(0)"),
         (lambda: built().approve, {"now": NOW + 86_400}, "approve: expired at"),
+        (lambda: built(nonce=None).approve, {}, "approve: no one-step revocation (NonceEnforcer)"),
+        (lambda: built(nonce=None).swap, {}, "swap: no one-step revocation (NonceEnforcer)"),
         (lambda: built().swap, {"guard": GuardConfig()}, "guard.enforcer is not configured"),
     ],
 )
@@ -238,6 +246,14 @@ def test_value_lte_must_be_zero() -> None:
     assert "swap: ValueLte allows 1000000000000000000 wei per call, expected 0" in problems_of(
         loose
     )
+
+
+def test_built_delegations_carry_the_nonce_on_both() -> None:
+    for delegation in built(nonce=7).as_list():
+        (terms,) = [c.terms for c in delegation.caveats if c.enforcer == ENFORCERS.nonce]
+        assert terms == (7).to_bytes(32, "big") == nonce_terms(7)
+        assert decode_nonce(terms) == 7
+    assert ENFORCERS.nonce == "0xDE4f2FAC4B3D87A1d9953Ca5FC09FCa7F366254f"  # v1.3.0, CREATE2
 
 
 def test_expiry_terms_layout() -> None:
@@ -617,3 +633,84 @@ def test_cli_verify_bad_file_exits_65(
 def test_caveat_addresses_are_checksummed() -> None:
     caveat = Caveat(ENFORCERS.allowed_targets.lower(), b"")
     assert caveat.enforcer == to_address(ENFORCERS.allowed_targets)
+
+
+# --- one-step revocation (NonceEnforcer) --------------------------------------------------------
+
+
+async def test_incrementing_the_nonce_revokes_every_delegation(
+    chain: ChainClient, devnet: Devnet, tmp_path: Path
+) -> None:
+    """A thief holding the daemon's key and both delegations the owner signed: after the owner's
+    one ``incrementNonce``, every redemption reverts and verification refuses them."""
+    from daemon_harness import GUARD_DOCUMENT, guarded_delegations, owner_increments_nonce
+
+    with trio.fail_after(60):
+        account = devnet.accounts[0]
+        enforcers = devnet.delegation_config()
+        assert await current_nonce(chain, enforcers, account.address) == 0
+        approve, swap = guarded_delegations(devnet, account, ["USDC", "WETH"], nonce=0)
+        for delegation in (approve, swap):
+            assert await nonce_problems(chain, delegation, enforcers) == []
+        mode = DelegationMode.from_signed(
+            [approve, swap], router=devnet.router, enforcers=enforcers
+        )
+        # Before: the daemon's legitimate trade goes through.
+        leg, _ = await usdc_to_weth_leg(chain, devnet, 1_000 * 10**6)
+        (call,) = mode.calls([leg])
+        assert (await send_call(chain, devnet.signer_key, call)).succeeded
+
+        await owner_increments_nonce(chain, devnet, account)
+        assert await current_nonce(chain, enforcers, account.address) == 1
+
+        # After: the same trade, an approve alone and a swap alone all revert on the nonce.
+        leg, _ = await usdc_to_weth_leg(chain, devnet, 1_000 * 10**6)
+        (call,) = mode.calls([leg])
+        assert await attempt_call(chain, devnet, call, devnet.signer_key) == (
+            "NonceEnforcer:invalid-nonce"
+        )
+        usdc = devnet.token("USDC").address
+        approve_alone = [(approve, Execution(usdc, encode_approve(devnet.router, 10**9)))]
+        reason = await attempt(chain, devnet, approve_alone, devnet.signer_key)
+        assert reason == "NonceEnforcer:invalid-nonce"
+        swap_call = encode_call(
+            "swapExactTokensForTokens(uint256,uint256,address[],address,uint256)",
+            leg.amount_in,
+            leg.amount_out_min,
+            list(leg.path),
+            account.address,
+            leg.deadline,
+        )
+        reason = await attempt(
+            chain, devnet, [(swap, Execution(devnet.router, swap_call))], devnet.signer_key
+        )
+        assert reason == "NonceEnforcer:invalid-nonce"
+
+        # Verification refuses them (the CLI's on-chain check)...
+        revoked = "revoked: the owner incremented the nonce (signed at nonce 0, current 1)"
+        for delegation in (approve, swap):
+            assert await nonce_problems(chain, delegation, enforcers) == [revoked]
+        path = tmp_path / "revoked.json"
+        path.write_text(dump_delegation_file([approve, swap]))
+        verify = ["delegation", "verify", str(path), "--account", account.address]
+        out = tmp_path / "out.json"
+        # The harness signs with its test bounds ([guard] as its daemons are configured).
+        config = attrs.evolve(
+            devnet_config(devnet), guard=devnet.guard_config(GuardConfig(**GUARD_DOCUMENT))
+        )
+
+        def verify_cli() -> int:
+            import contextlib
+
+            with out.open("w") as sink, contextlib.redirect_stdout(sink):
+                return run_cli(verify, config, {})
+
+        assert await trio.to_thread.run_sync(verify_cli) == exitcodes.DATA_ERROR
+        report = json.loads(out.read_text())
+        assert [d["problems"] for d in report["delegations"]] == [[revoked], [revoked]]
+
+        # ... and delegations re-signed at the new nonce work again.
+        fresh = guarded_delegations(devnet, account, ["USDC", "WETH"], nonce=1)
+        mode = DelegationMode.from_signed(fresh, router=devnet.router, enforcers=enforcers)
+        (call,) = mode.calls([leg])
+        assert (await send_call(chain, devnet.signer_key, call)).succeeded

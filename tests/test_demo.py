@@ -431,3 +431,32 @@ def test_slippage_is_read_from_the_executor_s_per_leg_outputs() -> None:
     ]
     assert leg_slippages(legs) == [Decimal("0.01"), Decimal(0)]
     assert leg_slippages(None) == []
+
+
+@pytest.mark.chain
+async def test_the_market_moves_the_feeds_with_the_pools(chain: Any, devnet: Any) -> None:
+    """After a market move the token's mock feed answers the pool's new price; a refresh posts
+    a new round for every feed (so none goes stale in a long demo)."""
+    import trio
+
+    from daemon.chain import encode_call
+    from daemon.devnet import FEED_DECIMALS, devnet_key
+    from daemon.market import Step, Trader
+
+    async def answer(symbol: str) -> tuple[int, int]:
+        raw = await chain.call(devnet.feeds[symbol], encode_call("latestRoundData()"))
+        round_id = int.from_bytes(raw[:32], "big")
+        return round_id, int.from_bytes(raw[32:64], "big", signed=True)
+
+    with trio.fail_after(30):
+        trader = Trader(chain, devnet, devnet_key("feed test trader"), feed_refresh=0.0)
+        await trader.prepare({"USDC": 10**12, "WETH": 10**21})
+        move = await trader.move(Step("WETH", Decimal("1.2"), jump=False))
+        assert move is not None
+        _, weth = await answer("WETH")
+        assert weth == int(move.price_after.scaleb(FEED_DECIMALS))
+        assert abs(move.price_after / move.price_before - Decimal("1.2")) < Decimal("0.01")
+        before = {symbol: await answer(symbol) for symbol in devnet.feeds}
+        await trader.refresh_feeds()
+        for symbol, (round_id, value) in before.items():
+            assert await answer(symbol) == (round_id + 1, value)

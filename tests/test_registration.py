@@ -10,6 +10,7 @@ import trio
 from daemon_harness import (
     daemon_document,
     guarded_delegations,
+    owner_increments_nonce,
     register_tokens,
     run_cli,
     write_toml,
@@ -151,6 +152,17 @@ async def test_weaker_delegations_are_refused_with_the_problem_named(
             ),
         ),
         (
+            "swap: no one-step revocation (NonceEnforcer)",
+            delegation_file(
+                devnet,
+                tmp_path,
+                delegate=devnet.signer,
+                signer_label="owner",
+                name="irrevocable",
+                nonce=None,
+            ),
+        ),
+        (
             "approve: expired at",
             delegation_file(
                 devnet,
@@ -173,3 +185,27 @@ async def test_weaker_delegations_are_refused_with_the_problem_named(
         file = write_delegations(tmp_path, "wide", wide)
         assert await add(devnet, config, file, env) == 65
         assert "guard tokens are not exactly the portfolio's tokens" in capsys.readouterr().err
+
+
+async def test_revoked_delegations_are_refused(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    tmp_path: Path,
+    capsys: Any,
+) -> None:
+    """After the owner's one ``incrementNonce``, `portfolio add` refuses what they signed before
+    and accepts what they sign at the new nonce."""
+    env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+    config = write_toml(tmp_path / "c.toml", daemon_document(devnet, db_config))
+    with trio.fail_after(60):
+        await register_tokens(devnet, config, env)
+        old = delegation_file(devnet, tmp_path, delegate=devnet.signer, signer_label="owner")
+        await owner_increments_nonce(chain, devnet, devnet.accounts[0])
+        capsys.readouterr()
+        assert await add(devnet, config, old, env) == 65
+        assert "revoked: the owner incremented the nonce" in capsys.readouterr().err
+        fresh = delegation_file(
+            devnet, tmp_path, delegate=devnet.signer, signer_label="owner", name="new", nonce=1
+        )
+        assert await add(devnet, config, fresh, env) == 0
