@@ -51,7 +51,14 @@ from daemon.delegation import (
     timestamp_terms,
     value_lte_terms,
 )
-from daemon.devnet import Devnet, SmartAccount, devnet_key, set_eth_balance
+from daemon.devnet import (
+    Devnet,
+    SmartAccount,
+    devnet_key,
+    evm_increase_time,
+    evm_mine,
+    set_eth_balance,
+)
 from daemon.guard import GuardTerms, GuardToken, guard_caveat, usd
 from daemon.txbuild import Call, DelegationMode, SwapLeg
 from daemon.uniswap import UniswapV2, deadline_from, encode_approve
@@ -714,3 +721,29 @@ async def test_incrementing_the_nonce_revokes_every_delegation(
         mode = DelegationMode.from_signed(fresh, router=devnet.router, enforcers=enforcers)
         (call,) = mode.calls([leg])
         assert (await send_call(chain, devnet.signer_key, call)).succeeded
+
+
+async def test_expired_delegations_cannot_be_redeemed(chain: ChainClient, devnet: Devnet) -> None:
+    """A thief holding the daemon's key and the owner's delegations: once the TimestampEnforcer
+    expiry (chain time) has passed, the redemption that worked before reverts."""
+    from daemon_harness import guarded_delegations
+
+    with trio.fail_after(60):
+        account = devnet.accounts[0]
+        enforcers = devnet.delegation_config()
+        expires_at = (await chain.latest_block()).timestamp + 600
+        approve, swap = guarded_delegations(
+            devnet, account, ["USDC", "WETH"], nonce=0, expires_at=expires_at
+        )
+        mode = DelegationMode.from_signed(
+            [approve, swap], router=devnet.router, enforcers=enforcers
+        )
+        leg, _ = await usdc_to_weth_leg(chain, devnet, 1_000 * 10**6)
+        (call,) = mode.calls([leg])
+        assert (await send_call(chain, devnet.signer_key, call)).succeeded
+        await evm_increase_time(chain, 1_200)
+        await evm_mine(chain)
+        leg, _ = await usdc_to_weth_leg(chain, devnet, 1_000 * 10**6)
+        (call,) = mode.calls([leg])
+        reason = await attempt_call(chain, devnet, call, devnet.signer_key)
+        assert reason.startswith("TimestampEnforcer:"), reason
