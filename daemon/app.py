@@ -27,7 +27,7 @@ from daemon import db as dbm
 from daemon import package_version
 from daemon.alerts import AlertSettings, AlertSink
 from daemon.balances import BalanceBatcher
-from daemon.chain import ChainClient, TxSigner, to_address
+from daemon.chain import ChainClient, ChainError, TxSigner, encode_call, to_address
 from daemon.coingecko import CoinGeckoSource
 from daemon.config import (
     Config,
@@ -48,6 +48,7 @@ from daemon.control import (
 from daemon.delegation import (
     Delegation,
     DelegationFormatError,
+    decode_nonce,
     decode_timestamp,
     delegation_from_json,
     least_authority_problems,
@@ -76,6 +77,8 @@ from daemon.transactions import LifecycleSettings
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 from daemon.uniswap import UniswapV2
 
+RECHECK_SECONDS = 300.0
+"""Seconds between reconciles without a change (to notice revoked delegations)."""
 EXPIRY_WARNING = 7 * 86400.0
 """Seconds before its delegations expire that a portfolio shows in health and alerts."""
 LEASE_WAIT_EXTEND = 30.0
@@ -513,6 +516,55 @@ class OtherSigner(Exception):
         self.delegate = delegate
 
 
+async def revoked_portfolios(daemon: Daemon, portfolios: Sequence[dbm.Portfolio]) -> dict[str, str]:
+    """Portfolios whose owner revoked their delegations (the NonceEnforcer nonce moved on since
+    they were signed), with the reason: one batched read of every delegator's current nonce. A
+    node that cannot answer leaves the check to the next reconcile (the redemption would revert
+    on chain anyway)."""
+    config = daemon.config.current
+    enforcers = config.delegation
+    if config.execution.mode == "wallet" or not enforcers.nonce:
+        return {}
+    signed: list[tuple[str, str, int]] = []
+    for portfolio in portfolios:
+        for index, item in enumerate(portfolio.delegation):
+            try:
+                delegation = delegation_from_json(item, f"delegation[{index}]")
+            except DelegationFormatError:
+                continue  # build_mode reports it
+            for caveat in delegation.caveats:
+                if caveat.enforcer == enforcers.nonce:
+                    with contextlib.suppress(ValueError):
+                        nonce = decode_nonce(caveat.terms)
+                        signed.append((portfolio.name, delegation.delegator, nonce))
+    delegators = sorted({delegator for _, delegator, _ in signed})
+    if not delegators:
+        return {}
+    calls = [
+        (enforcers.nonce, encode_call("currentNonce(address,address)", enforcers.manager, d))
+        for d in delegators
+    ]
+    try:
+        results = await daemon.chain.call_many(calls)
+    except ChainError as exc:
+        get_logger(actor="app").warning("revocation_check_failed", error=str(exc))
+        return {}
+    current = {
+        delegator: int.from_bytes(raw[:32], "big")
+        for delegator, raw in zip(delegators, results, strict=True)
+        if len(raw) >= 32
+    }
+    revoked: dict[str, str] = {}
+    for name, delegator, nonce in signed:
+        now = current.get(delegator)
+        if now is not None and now != nonce:
+            revoked[name] = (
+                f"revoked: the owner incremented the NonceEnforcer nonce (signed at nonce {nonce},"
+                f" current {now}); have the owner sign new delegations"
+            )
+    return revoked
+
+
 async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
     """Make the running actors match the active portfolios in the database (of this chain, and
     delegated to this daemon's signer: several daemons may share one database)."""
@@ -528,8 +580,11 @@ async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
     last_success = await daemon.db.last_successful_rebalances()
     failures = await daemon.db.failure_streaks()
     execution = daemon.config.current.execution
+    revoked = await revoked_portfolios(daemon, list(active.values()))
     for name, portfolio in active.items():
         try:
+            if name in revoked:
+                raise ValueError(revoked[name])
             mode = daemon.build_mode(portfolio)
         except OtherSigner as exc:
             if name in daemon.specs:
@@ -629,11 +684,17 @@ async def watch_portfolios(
     async with daemon.db.listen(dbm.PORTFOLIO_CHANNEL) as notifications:
         await reconcile_portfolios(daemon, deps)
         task_status.started()
-        async for _note in notifications:
+        while True:
+            # Changes arrive as notifications; revocations (on chain) and expiries (by the
+            # clock) do not, so reconcile at least every RECHECK_SECONDS as well.
+            with trio.move_on_after(RECHECK_SECONDS):
+                try:
+                    await notifications.receive()
+                except trio.EndOfChannel:
+                    raise RuntimeError("the portfolio notification stream ended") from None
             await retry_database(
                 functools.partial(reconcile_portfolios, daemon, deps), "portfolio_reconcile"
             )
-    raise RuntimeError("the portfolio notification stream ended")
 
 
 def price_sources(

@@ -14,6 +14,8 @@ from daemon_harness import (
     fund_to_targets,
     guarded_delegations,
     move_price,
+    owner_increments_nonce,
+    register_portfolio,
     register_tokens,
     run_cli,
     write_toml,
@@ -128,6 +130,34 @@ async def test_expiring_delegations_are_warned_ahead_and_not_used_after_expiry(
             expired = DaemonControls(daemon).health()
             assert any("delegations expired" in p for p in expired["problems"])
         assert await finished_rows(db, "soon") == []
+
+
+async def test_delegations_the_owner_revoked_are_not_traded(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    """The owner revokes everything in one step (incrementNonce) while the daemon runs: at its
+    next reconcile the portfolio is invalid, and a market move is not traded (nor attempted)."""
+    with trio.fail_after(60):
+        path, env = await _setup(chain, devnet, db_config, tmp_path)
+        account = devnet.accounts[0]
+        await register_portfolio(devnet, account, "main", TARGETS, path, env, tmp_path)
+        async with running_daemon(devnet, db_config) as daemon:
+            await wait_for(lambda: evaluated(daemon, "main", 1), "a first evaluation")
+            await owner_increments_nonce(chain, devnet, account)
+            # Any change to the portfolio reconciles at once (otherwise: RECHECK_SECONDS).
+            await db.set_portfolio_paused("main", False)
+            await wait_for(lambda: _true(daemon.invalid.get("main")), "the revocation noticed")
+            await move_price(chain, devnet, "WETH", Decimal("1.3"))
+            await trio.sleep(1.0)
+        assert daemon.invalid["main"].startswith(
+            "revoked: the owner incremented the NonceEnforcer nonce (signed at nonce 0, current 1)"
+        )
+        assert "main" not in daemon.supervisor.actors
+        assert await finished_rows(db, "main") == []
 
 
 async def _true(value: object) -> bool:
