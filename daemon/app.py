@@ -423,14 +423,10 @@ class Daemon:
         delegate = to_address(mode.delegations.swap.delegate)
         if delegate != self.signer.address:
             raise OtherSigner(delegate)
-        # The same least-authority rules as `portfolio add`, re-checked whenever the portfolio
-        # or the configuration is (re)loaded: a row edited behind the CLI's back, or delegations
-        # signed before the oracle guard existed, are not traded.
-        if mode.holder != to_address(portfolio.smart_account):
-            raise ValueError(
-                f"the delegations come from {mode.holder}, not the portfolio's account "
-                f"{to_address(portfolio.smart_account)}"
-            )
+        # The same least-authority rules as `portfolio add` (delegator = the portfolio's account
+        # among them), re-checked whenever the portfolio or the configuration is (re)loaded: a
+        # row edited behind the CLI's back, or delegations signed before the oracle guard
+        # existed, are not traded.
         guarded = [a.token for a in portfolio.allocations]
         guarded += [t for t in self.tokens.values() if t.is_quote and t not in guarded]
         problems = [

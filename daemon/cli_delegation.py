@@ -286,14 +286,9 @@ def build_command(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return exitcodes.CONFIG_ERROR
-    try:
-        entries, problems = guard_feeds(list(tokens.values()), args.guard_registry(config))
-    except RegistryUnavailable as exc:
-        print(f"driftd delegation build: {exc}", file=sys.stderr)
-        return exitcodes.UNAVAILABLE
-    if problems:
-        print(f"driftd delegation build: {'; '.join(problems)}", file=sys.stderr)
-        return exitcodes.DATA_ERROR
+    entries = _guard_entries("build", list(tokens.values()), args, config)
+    if isinstance(entries, int):
+        return entries
     try:
         feed_decimals, nonce = trio.run(
             _read_chain, config, [str(e.feed) for e in entries.values()], account
@@ -336,6 +331,22 @@ async def _read_chain(config: Config, feeds: Sequence[str], account: str) -> tup
         return decimals, nonce
 
 
+def _guard_entries(
+    command: str, tokens: Sequence[str], args: argparse.Namespace, config: Config
+) -> dict[str, GuardEntry] | int:
+    """The guard's registry entries for ``tokens`` (+ the quote token), or the exit status
+    after saying why they cannot be had."""
+    try:
+        entries, problems = guard_feeds(tokens, args.guard_registry(config))
+    except RegistryUnavailable as exc:
+        print(f"driftd delegation {command}: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    if problems:
+        print(f"driftd delegation {command}: {'; '.join(problems)}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+    return entries
+
+
 def verify_command(args: argparse.Namespace, config: Config) -> int:
     try:
         account = _address_argument(args.account, "--account")
@@ -367,14 +378,9 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
     feeds: dict[str, str] | None = None
     decimals: dict[str, int] | None = None
     if tokens is not None:
-        try:
-            entries, problems = guard_feeds(list(tokens.values()), args.guard_registry(config))
-        except RegistryUnavailable as exc:
-            print(f"driftd delegation verify: {exc}", file=sys.stderr)
-            return exitcodes.UNAVAILABLE
-        if problems:
-            print(f"driftd delegation verify: {'; '.join(problems)}", file=sys.stderr)
-            return exitcodes.DATA_ERROR
+        entries = _guard_entries("verify", list(tokens.values()), args, config)
+        if isinstance(entries, int):
+            return entries
         feeds = {address: str(entry.feed) for address, entry in entries.items()}
         decimals = {address: entry.decimals for address, entry in entries.items()}
     reports: list[dict[str, Any]] = [
