@@ -418,7 +418,10 @@ class Daemon:
             for i, item in enumerate(portfolio.delegation)
         ]
         mode = DelegationMode.from_signed(
-            delegations, router=config.chain.router, enforcers=config.delegation
+            delegations,
+            router=config.chain.router,
+            enforcers=config.delegation,
+            guard=config.guard.enforcer,
         )
         delegate = to_address(mode.delegations.swap.delegate)
         if delegate != self.signer.address:

@@ -9,8 +9,10 @@ It serves :class:`~daemon.messages.RebalanceRequest` messages with up to
    plan's balances were read at — the last two decided by PostgreSQL when the PENDING row is
    inserted, so no actor restart, pause or edit can produce a second trade.
 2. **Plan the transactions**: fresh quotes → price-impact cap → ``amountOutMin`` from the
-   slippage tolerance → deadline from chain time → the calls of the execution mode; the number
-   of transactions (and swaps) is recorded before the first intent.
+   slippage tolerance → deadline from chain time → the oracle guard's bound at the worst case
+   the router allows (every swap paid its ``amountOutMin``; a redemption the guard could revert
+   is SKIPPED, never sent) → the calls of the execution mode; the number of transactions (and
+   swaps) is recorded before the first intent.
 3. **Send each call** through :class:`~daemon.transactions.SignerTransactions`, which records the
    intent before any broadcast and returns only once the nonce is provably consumed.
 4. **Record the truth**: the row's status comes from the mined intents alone
@@ -47,6 +49,7 @@ from daemon.chain import (
     to_address,
 )
 from daemon.drift import Leg, from_base_units
+from daemon.guard import PlannedSwap, guard_refusal
 from daemon.lease import InstanceIdentity, SignerLeaseHolder
 from daemon.logs import get_logger
 from daemon.messages import RebalanceOutcome, RebalanceRequest, Token
@@ -61,7 +64,7 @@ from daemon.transactions import (
     SignerTransactions,
     TxPlan,
 )
-from daemon.txbuild import Call, ExecutionMode, SwapLeg
+from daemon.txbuild import Call, DelegationMode, ExecutionMode, SwapLeg
 from daemon.uniswap import NoRoute, UniswapV2, deadline_from
 
 TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
@@ -410,6 +413,19 @@ class Executor:
                 skip_reason="; ".join(prepared.rejected) or "no leg to send",
                 expected_outputs=prepared.expected,
             )
+        try:
+            refusal = await self._guard_refusal(prepared)
+        except ChainError as exc:
+            return dbm.RebalanceOutcome(
+                status="FAILED", error=f"the oracle guard's bound could not be checked: {exc}"
+            )
+        if refusal is not None:
+            # Nothing is sent: the redemption could revert on chain, and a revert costs gas.
+            return dbm.RebalanceOutcome(
+                status="SKIPPED",
+                skip_reason=f"No trade: the oracle guard could revert it: {refusal}",
+                expected_outputs=prepared.expected,
+            )
         if settings.dry_run:
             return dbm.RebalanceOutcome(
                 status="DRY_RUN",
@@ -498,7 +514,7 @@ class Executor:
         mode = self.mode_for(request)
         block = await self.chain.latest_block()
         deadline = deadline_from(block.timestamp, settings.deadline_seconds)
-        prepared = _Prepared(mode=mode, deadline=deadline)
+        prepared = _Prepared(mode=mode, deadline=deadline, block_timestamp=block.timestamp)
         for leg in request.plan.legs:
             token_in, token_out = tokens[leg.sell], tokens[leg.buy]
             quote = await self.uniswap.quote(token_in.address, token_out.address, leg.amount_in)
@@ -533,6 +549,26 @@ class Executor:
             )
         prepared.allowances = await self._allowances(mode, prepared.swap_legs)
         return prepared
+
+    async def _guard_refusal(self, prepared: _Prepared) -> str | None:
+        """Why the swap delegation's oracle guard could revert these legs (each paying only its
+        ``amount_out_min``), or None: the same bound, feeds and period loss the guard uses."""
+        mode = prepared.mode
+        if not isinstance(mode, DelegationMode) or mode.guard is None:
+            return None
+        return await guard_refusal(
+            self.chain,
+            mode.guard,
+            manager=mode.manager,
+            account=mode.holder,
+            swaps=[
+                PlannedSwap(
+                    path=leg.path, amount_in=leg.amount_in, amount_out_min=leg.amount_out_min
+                )
+                for leg in prepared.swap_legs
+            ],
+            now=prepared.block_timestamp,
+        )
 
     async def _allowances(
         self, mode: ExecutionMode, legs: Sequence[SwapLeg]
@@ -648,6 +684,7 @@ class Executor:
 class _Prepared:
     mode: ExecutionMode
     deadline: int
+    block_timestamp: int
     swap_legs: list[SwapLeg] = attrs.Factory(list)
     expected: list[dict[str, Any]] = attrs.Factory(list)
     rejected: list[str] = attrs.Factory(list)

@@ -243,11 +243,7 @@ async def read_feeds(client: ChainClient, feeds: Iterable[str]) -> list[FeedAnsw
     """``latestRoundData`` of each feed, one round trip."""
     data = encode_call("latestRoundData()")
     results = await client.call_many([(feed, data) for feed in feeds])
-    answers = []
-    for raw in results:
-        answer = int.from_bytes(raw[32:64], "big", signed=True)
-        answers.append(FeedAnswer(answer=answer, updated_at=int.from_bytes(raw[96:128], "big")))
-    return answers
+    return [_feed_answer(raw) for raw in results]
 
 
 def value_of(balances: Mapping[str, int], prices: Sequence[int], terms: GuardTerms) -> int:
@@ -308,3 +304,112 @@ def loss_refusal(value_before: int, value_after: int, terms: GuardTerms, spent: 
     if spent + loss > terms.period_cap:
         return f"PeriodCapExceeded: {spent} + {loss} > {terms.period_cap}"
     return None
+
+
+# --- the daemon's check before it sends --------------------------------------------------------
+
+
+@attrs.frozen
+class GuardBound:
+    """The oracle guards on a portfolio's swap delegation: the enforcer and each caveat's terms
+    (several guard caveats are ANDed on chain, so a redemption must satisfy every one)."""
+
+    enforcer: str = attrs.field(converter=to_address)
+    terms: tuple[GuardTerms, ...]
+
+
+@attrs.frozen
+class PlannedSwap:
+    """What one swap can do to the account at worst: ``amount_in`` out, ``amount_out_min`` in."""
+
+    path: tuple[str, ...]
+    amount_in: int
+    amount_out_min: int
+
+
+def worst_case_balances(
+    balances: Mapping[str, int], swaps: Sequence[PlannedSwap]
+) -> dict[str, int]:
+    """``balances`` after every swap pays exactly ``amount_out_min`` (the router's floor)."""
+    after = dict(balances)
+    for swap in swaps:
+        token_in, token_out = to_address(swap.path[0]), to_address(swap.path[-1])
+        after[token_in] = after.get(token_in, 0) - swap.amount_in
+        after[token_out] = after.get(token_out, 0) + swap.amount_out_min
+    return after
+
+
+def worst_case_refusal(
+    terms: GuardTerms,
+    swaps: Sequence[PlannedSwap],
+    balances: Mapping[str, int],
+    prices: Sequence[int],
+    spent: int,
+) -> str | None:
+    """Why the guard with ``terms`` could revert these swaps, or None.
+
+    The worst case the router allows is every swap paying its ``amount_out_min``; if that is
+    within the bound, the guard reverts only if the feeds move before the transaction is mined.
+    """
+    listed = set(terms.token_addresses)
+    for swap in swaps:
+        for token in swap.path:
+            if to_address(token) not in listed:
+                return f"TokenNotAllowed: {to_address(token)} is not in the guard's token set"
+    before = value_of(balances, prices, terms)
+    after = value_of(worst_case_balances(balances, swaps), prices, terms)
+    return loss_refusal(before, after, terms, spent)
+
+
+async def guard_refusal(
+    client: ChainClient,
+    bound: GuardBound,
+    *,
+    manager: str,
+    account: str,
+    swaps: Sequence[PlannedSwap],
+    now: int,
+) -> str | None:
+    """Why the guard could revert a redemption of ``swaps`` from ``account`` now, or None.
+
+    One round trip: every guard's feeds, the account's balances of the listed tokens and the
+    period's loss so far. Raises :class:`~daemon.chain.ChainError` if the chain cannot answer.
+    """
+    tokens = sorted({t for terms in bound.terms for t in terms.token_addresses})
+    feeds = [token.feed for terms in bound.terms for token in terms.tokens]
+    balance_of = encode_call("balanceOf(address)", account)
+    calls = [(token, balance_of) for token in tokens]
+    calls += [(feed, encode_call("latestRoundData()")) for feed in feeds]
+    calls += [
+        (
+            bound.enforcer,
+            encode_call("periodLoss(address,address,bytes)", manager, account, terms.encode()),
+        )
+        for terms in bound.terms
+    ]
+    results = await client.call_many(calls)
+    balances = {
+        token: int.from_bytes(raw[:32], "big")
+        for token, raw in zip(tokens, results[: len(tokens)], strict=True)
+    }
+    answers = iter(_feed_answer(raw) for raw in results[len(tokens) : len(tokens) + len(feeds)])
+    spent = iter(int.from_bytes(raw[:32], "big") for raw in results[len(tokens) + len(feeds) :])
+    for terms, period_spent in zip(bound.terms, spent, strict=True):
+        try:
+            prices = [
+                check_answer(token.feed, next(answers), now=now, max_staleness=terms.max_staleness)
+                for token in terms.tokens
+            ]
+        except OracleError as exc:
+            return str(exc)
+        refusal = worst_case_refusal(terms, swaps, balances, prices, period_spent)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def _feed_answer(raw: bytes) -> FeedAnswer:
+    return FeedAnswer(
+        answer=int.from_bytes(raw[32:64], "big", signed=True),
+        updated_at=int.from_bytes(raw[96:128], "big"),
+    )

@@ -35,6 +35,7 @@ from daemon.delegation import (
     encode_redeem_delegations,
     kind_of,
 )
+from daemon.guard import GuardBound, guard_terms_of
 from daemon.uniswap import encode_approve, encode_swap_exact_tokens_for_tokens
 
 MAX_ALLOWANCE: Final = 2**256 - 1
@@ -123,12 +124,20 @@ class DelegationMode:
     manager: str = attrs.field(converter=to_address)
     router: str = attrs.field(converter=to_address)
     delegations: PortfolioDelegations
+    guard: GuardBound | None = None
+    """The swap delegation's oracle guards: the executor checks their bound before it sends."""
 
     @classmethod
     def from_signed(
-        cls, delegations: Sequence[Delegation], *, router: str, enforcers: DelegationConfig
+        cls,
+        delegations: Sequence[Delegation],
+        *,
+        router: str,
+        enforcers: DelegationConfig,
+        guard: str = "",
     ) -> DelegationMode:
-        """Pick the approve and swap delegations out of a portfolio's delegation file."""
+        """Pick the approve and swap delegations out of a portfolio's delegation file (and the
+        swap delegation's caveats under the oracle guard at ``guard``, if given)."""
         by_kind: dict[str, Delegation] = {}
         for delegation in delegations:
             kind = kind_of(delegation, enforcers)
@@ -140,10 +149,12 @@ class DelegationMode:
         approve, swap = by_kind["approve"], by_kind["swap"]
         if approve.delegator != swap.delegator:
             raise ValueError("approve and swap delegations come from different accounts")
+        terms = tuple(guard_terms_of(swap, guard)) if guard else ()
         return cls(
             manager=enforcers.manager,
             router=router,
             delegations=PortfolioDelegations(approve=approve, swap=swap),
+            guard=GuardBound(enforcer=guard, terms=terms) if terms else None,
         )
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 from daemon_harness import (
+    GUARD_DOCUMENT,
     Clock,
     daemon_document,
     fund_to_targets,
@@ -24,7 +25,7 @@ from test_daemon import TARGETS, TOTAL_USD, evaluated, finished_rows, running_da
 
 from daemon import db as dbm
 from daemon.chain import ChainClient
-from daemon.config import DatabaseConfig
+from daemon.config import DatabaseConfig, GuardConfig
 from daemon.control import DaemonControls
 from daemon.delegation import (
     DelegationDomain,
@@ -32,7 +33,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devnet import Devnet
+from daemon.devnet import Devnet, set_feed_price
 
 
 async def _setup(
@@ -162,3 +163,96 @@ async def test_delegations_the_owner_revoked_are_not_traded(
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def _register_with_guard_bound(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    tmp_path: Path,
+    max_loss_bps: int,
+) -> None:
+    """Portfolio "main" whose owner signed a guard tighter than the configured one."""
+    path, env = await _setup(chain, devnet, db_config, tmp_path)
+    account = devnet.accounts[0]
+    guard = GuardConfig(**{**GUARD_DOCUMENT, "max_loss_bps": max_loss_bps})
+    file = tmp_path / "tight.json"
+    signed = guarded_delegations(devnet, account, TARGETS, guard=guard)
+    file.write_text(dump_delegation_file(signed))
+    argv = ["portfolio", "add", "main", "--account", account.address, "--delegation", str(file)]
+    argv += ["--target", *[f"{symbol}={weight}" for symbol, weight in TARGETS.items()]]
+    assert await run_cli(argv, path, env) == 0
+
+
+async def _market_moves_weth(chain: ChainClient, devnet: Devnet) -> None:
+    """WETH up 30 % in its pool and at its feed alike: the daemon sells WETH at a fair price."""
+    await move_price(chain, devnet, "WETH", Decimal("1.3"))
+    await set_feed_price(chain, devnet, "WETH", devnet.reference_usd["WETH"] * Decimal("1.3"))
+
+
+async def test_a_rebalance_the_guard_could_revert_is_not_sent(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    """The owner signed a 0.1 % loss bound; the daemon's slippage tolerance is 5 %. The quoted
+    swap (~0.3 % fee on ~5 % of the portfolio) fits the bound, so the gas estimate passes — but
+    a swap paid only its ``amountOutMin`` would lose ~0.25 % of the portfolio, and the guard would
+    revert it on chain, gas paid. The daemon checks the bound at that worst case first: a SKIPPED
+    row naming the guard's error, and no transaction."""
+    with trio.fail_after(90):
+        await _register_with_guard_bound(chain, devnet, db_config, tmp_path, max_loss_bps=10)
+        nonce = await chain.get_transaction_count(devnet.signer, "latest")
+        overrides = {"rebalance": {"slippage_tolerance": "0.05"}}
+        async with running_daemon(devnet, db_config, **overrides):
+            await _market_moves_weth(chain, devnet)
+            (row, *_) = await wait_for(lambda: finished_rows(db, "main"), "an attempt")
+        assert row.status == "SKIPPED", (row.status, row.error)
+        assert (row.skip_reason or "").startswith(
+            "No trade: the oracle guard could revert it: LossAboveBound: loses "
+        ), row.skip_reason
+        assert "(> 10 bps)" in (row.skip_reason or "")
+        assert await chain.get_transaction_count(devnet.signer, "latest") == nonce
+
+
+async def test_a_rebalance_within_the_guard_bound_is_sent(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    """The same trade with the default 1 % slippage fits the same 0.1 % bound at worst: sent."""
+    with trio.fail_after(90):
+        await _register_with_guard_bound(chain, devnet, db_config, tmp_path, max_loss_bps=10)
+        async with running_daemon(devnet, db_config):
+            await _market_moves_weth(chain, devnet)
+            (row, *_) = await wait_for(lambda: finished_rows(db, "main"), "a rebalance")
+        assert row.status == "SUCCESS", (row.status, row.error, row.skip_reason)
+
+
+async def test_a_stale_feed_stops_the_trade_before_it_is_sent(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+) -> None:
+    """A feed older than the guard's ``max_staleness``: the guard would revert (StalePrice), so
+    the daemon does not send, and says which feed."""
+    with trio.fail_after(90):
+        await _register_with_guard_bound(chain, devnet, db_config, tmp_path, max_loss_bps=100)
+        nonce = await chain.get_transaction_count(devnet.signer, "latest")
+        async with running_daemon(devnet, db_config):
+            await move_price(chain, devnet, "WETH", Decimal("1.3"))
+            block = await chain.latest_block()
+            stale = block.timestamp - GUARD_DOCUMENT["max_staleness"] - 60
+            usdc = devnet.reference_usd["USDC"]
+            await set_feed_price(chain, devnet, "USDC", usdc, updated_at=stale)
+            (row, *_) = await wait_for(lambda: finished_rows(db, "main"), "an attempt")
+        assert row.status == "SKIPPED", (row.status, row.error)
+        assert f"feed {devnet.feeds['USDC']} was updated at {stale}" in (row.skip_reason or "")
+        assert "(StalePrice)" in (row.skip_reason or "")
+        assert await chain.get_transaction_count(devnet.signer, "latest") == nonce
