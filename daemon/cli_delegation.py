@@ -10,10 +10,11 @@ Tokens are given as ``SYMBOL=0xADDRESS`` or as a plain ``SYMBOL`` resolved throu
 (the token registry, injected by the caller of :func:`register`). The oracle guard on the swap
 delegation (issue 11) lists the portfolio's tokens and the quote token, each with its USD feed:
 feeds and the quote token come from the token registry (``driftd token add … --feed``), feed
-decimals from the feeds on chain. Both delegations expire after ``guard.valid_days``, carry
-``ValueLteEnforcer(0)`` and a NonceEnforcer caveat with the account's current nonce (read on
-chain), so the owner revokes everything they signed for driftd with one ``incrementNonce``;
-``verify`` refuses a delegation whose nonce is no longer the current one.
+decimals from the feeds on chain. Both delegations expire after ``guard.valid_days`` and carry a
+NonceEnforcer caveat with the account's current nonce (read on chain), so the owner revokes
+everything they signed for driftd with one ``incrementNonce``; ``verify`` refuses a delegation
+whose nonce is no longer the current one. The approve delegation carries ``ValueLteEnforcer(0)``;
+the swap delegation needs no stock method, recipient or value pin: the guard enforces those.
 """
 
 from __future__ import annotations

@@ -395,11 +395,16 @@ def build_portfolio_delegations(
     """The minimal unsigned delegations for ``account``'s portfolio of ``tokens`` on ``router``.
 
     ``guard`` (:func:`daemon.guard.guard_caveat`) goes on the swap delegation; ``expires_at``
-    (unix seconds) adds a TimestampEnforcer expiry and ``ValueLteEnforcer(0)`` to both;
-    ``nonce`` (the delegator's :func:`current_nonce`) adds a NonceEnforcer caveat to both, so
-    the owner revokes both in one ``incrementNonce``. The delegations driftd asks owners to sign
-    carry all of them (:func:`least_authority_problems` refuses them otherwise); without them,
-    only the pins remain.
+    (unix seconds) adds a TimestampEnforcer expiry to both; ``nonce`` (the delegator's
+    :func:`current_nonce`) adds a NonceEnforcer caveat to both, so the owner revokes both in one
+    ``incrementNonce``. The delegations driftd asks owners to sign carry all of them
+    (:func:`least_authority_problems` refuses them otherwise).
+
+    Under the guard, the swap delegation leaves out the stock caveats whose rule the guard
+    enforces itself on every execution (one method, the account as recipient, zero ETH:
+    ``AllowedMethods``, ``AllowedCalldata``, ``ValueLte``): each caveat costs ~22 000 gas per
+    redeemed swap, and a redundant one protects nothing. Without the guard (or with
+    ``expires_at`` and no guard), the swap delegation keeps those pins, and ``ValueLte(0)``.
     """
     if not tokens:
         raise ValueError("a portfolio needs at least one token")
@@ -407,12 +412,10 @@ def build_portfolio_delegations(
     router = to_address(router)
     common: tuple[Caveat, ...] = ()
     if expires_at is not None:
-        common = (
-            Caveat(enforcers.timestamp, timestamp_terms(expires_at=expires_at)),
-            Caveat(enforcers.value_lte, value_lte_terms(0)),
-        )
+        common = (Caveat(enforcers.timestamp, timestamp_terms(expires_at=expires_at)),)
     if nonce is not None:
         common += (Caveat(enforcers.nonce, nonce_terms(nonce)),)
+    no_value = (Caveat(enforcers.value_lte, value_lte_terms(0)),) if expires_at is not None else ()
     approve = Delegation(
         delegate=delegate,
         delegator=account,
@@ -425,8 +428,19 @@ def build_portfolio_delegations(
                 allowed_calldata_terms(APPROVE_SPENDER_OFFSET, address_word(router)),
             ),
             *common,
+            *no_value,
         ),
         salt=salt,
+    )
+    pins: tuple[Caveat, ...] = (
+        Caveat(
+            enforcers.allowed_methods,
+            allowed_methods_terms([SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR]),
+        ),
+        Caveat(
+            enforcers.allowed_calldata,
+            allowed_calldata_terms(SWAP_RECIPIENT_OFFSET, address_word(account)),
+        ),
     )
     swap = Delegation(
         delegate=delegate,
@@ -434,15 +448,7 @@ def build_portfolio_delegations(
         authority=ROOT_AUTHORITY,
         caveats=(
             Caveat(enforcers.allowed_targets, allowed_targets_terms([router])),
-            Caveat(
-                enforcers.allowed_methods,
-                allowed_methods_terms([SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR]),
-            ),
-            Caveat(
-                enforcers.allowed_calldata,
-                allowed_calldata_terms(SWAP_RECIPIENT_OFFSET, address_word(account)),
-            ),
-            *common,
+            *(pins + common + no_value if guard is None else common),
             *((guard,) if guard is not None else ()),
         ),
         salt=salt,
@@ -482,11 +488,14 @@ def authority_of(delegation: Delegation, enforcers: DelegationConfig) -> Authori
 
 
 def kind_of(delegation: Delegation, enforcers: DelegationConfig) -> Kind | None:
-    """``approve`` or ``swap`` when the delegation allows exactly that one method."""
+    """``approve`` when the delegation allows exactly ``approve``; ``swap`` when it allows
+    exactly ``swapExactTokensForTokens`` or has no AllowedMethods caveat (the guarded swap
+    delegation: the oracle guard allows only exact-input swaps, and a delegation taken for the
+    swap one must carry it, see :func:`least_authority_problems`)."""
     methods = authority_of(delegation, enforcers).methods
     if methods == frozenset({APPROVE_SELECTOR}):
         return "approve"
-    if methods == frozenset({SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR}):
+    if methods is None or methods == frozenset({SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR}):
         return "swap"
     return None
 
@@ -507,11 +516,13 @@ def least_authority_problems(
     """Why ``delegation`` grants more than DESIGN.md §4.6 and issue 11 allow (empty: it does not).
 
     Extra caveats are fine (each only restricts further); missing or wider ones are not. Both
-    delegations must expire (TimestampEnforcer, after ``now``), carry ``ValueLteEnforcer(0)`` and
-    a NonceEnforcer caveat (one-step revocation; whether its nonce is still the current one is
-    an on-chain question: :func:`nonce_problems`);
-    the swap delegation must carry the oracle guard at ``guard.enforcer`` with bounds no weaker
-    than ``guard``'s. ``guard_feeds`` (token → feed: the portfolio's tokens and the quote token)
+    delegations must expire (TimestampEnforcer, after ``now``) and carry a NonceEnforcer caveat
+    (one-step revocation; whether its nonce is still the current one is an on-chain question:
+    :func:`nonce_problems`); the approve delegation ``ValueLteEnforcer(0)`` and its spender pin;
+    the swap delegation the router as its only target and the oracle guard at
+    ``guard.enforcer`` with bounds no weaker than ``guard``'s (the guard refuses ETH, other
+    methods and other recipients itself, so stock pins for those are optional there).
+    ``guard_feeds`` (token → feed: the portfolio's tokens and the quote token)
     is the exact token set the guard must list, each with its registered feed; ``token_decimals``
     the tokens' decimals. Without them, the token set is not checked (``delegation verify``
     without ``--token``).
@@ -544,8 +555,8 @@ def least_authority_problems(
             if extra:
                 problems.append(f"approve: targets beyond the portfolio's tokens: {sorted(extra)}")
     else:
-        if (SWAP_RECIPIENT_OFFSET, address_word(account)) not in authority.calldata_pins:
-            problems.append("swap: recipient is not pinned to the smart account by AllowedCalldata")
+        # The guard (required below) allows one method family, the account as recipient and
+        # zero ETH on every execution: the stock pins for those are optional here.
         if authority.targets is not None and authority.targets - {router}:
             problems.append(f"swap: targets beyond the router: {sorted(authority.targets)}")
         problems += guard_problems(
@@ -588,7 +599,8 @@ def _expiry_problems(
     elif min(bounded) <= now:
         problems.append(f"{kind}: expired at {min(bounded)} (now {now})")
     if not value_caps:
-        problems.append(f"{kind}: no ValueLteEnforcer(0) caveat: the call could carry ETH")
+        if kind == "approve":  # on the swap delegation, the guard refuses ETH itself
+            problems.append(f"{kind}: no ValueLteEnforcer(0) caveat: the call could carry ETH")
     elif min(value_caps) != 0:
         problems.append(f"{kind}: ValueLte allows {min(value_caps)} wei per call, expected 0")
     if not nonces:

@@ -11,9 +11,10 @@ at most ``PERIOD_CAP`` ($2 000).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import attrs
 import pytest
@@ -34,13 +35,19 @@ from daemon.chain import (
     hex_bytes,
     to_address,
 )
+from daemon.config import GuardConfig
 from daemon.delegation import (
+    SINGLE_DEFAULT_MODE,
+    Caveat,
     Delegation,
     DelegationDomain,
     Execution,
     PortfolioDelegations,
+    allowed_methods_terms,
     build_portfolio_delegations,
+    current_nonce,
     encode_redeem_delegations,
+    permission_context,
     sign_delegation,
 )
 from daemon.devnet import (
@@ -53,6 +60,7 @@ from daemon.devnet import (
     evm_mine,
     evm_revert,
     evm_snapshot,
+    feed_answer,
     fund,
     load_artifacts,
     refresh_feeds,
@@ -73,8 +81,8 @@ from daemon.guard import (
     period_key,
     period_loss,
     usd,
-    with_guard,
 )
+from daemon.solidity import SOLC_VERSION, _run_solc, contract_sources, project_root
 from daemon.txbuild import Call, DelegationMode, SwapLeg, WalletMode
 from daemon.uniswap import UniswapV2, deadline_from, encode_approve
 
@@ -176,7 +184,12 @@ def test_loss_refusal_mirrors_the_contract() -> None:
 
 @attrs.frozen
 class Setup:
-    """One account, its signed delegations with and without the guard, and the guard's terms."""
+    """One account, its signed delegations with and without the guard, and the guard's terms.
+
+    ``guarded`` are the delegations ``driftd delegation build`` makes (the stock pins, expiry,
+    ValueLte(0), the account's NonceEnforcer nonce, and the guard on the swap delegation);
+    ``unguarded`` the shape from before the guard (the stock pins only).
+    """
 
     devnet: Devnet
     account: SmartAccount
@@ -218,18 +231,38 @@ def devnet_terms(
 
 
 def signed(
-    devnet: Devnet, account: SmartAccount, terms: GuardTerms | None, salt: int
+    devnet: Devnet,
+    account: SmartAccount,
+    salt: int,
+    *,
+    guard: Caveat | None = None,
+    expires_at: int | None = None,
+    nonce: int | None = None,
+    tokens: Sequence[str] = (),
+    swap_methods: Sequence[bytes] = (),
 ) -> PortfolioDelegations:
+    """The owner's signed delegations for the devnet's tokens and ``tokens`` (approve targets);
+    ``swap_methods``, if given, replace the swap delegation's AllowedMethods."""
     built = build_portfolio_delegations(
         account=account.address,
         delegate=devnet.signer,
         router=devnet.router,
-        tokens=[token.address for token in devnet.tokens],
+        tokens=[*(token.address for token in devnet.tokens), *tokens],
         enforcers=devnet.delegation_config(),
         salt=salt,
+        guard=guard,
+        expires_at=expires_at,
+        nonce=nonce,
     )
-    if terms is not None:
-        built = with_guard(built, devnet.guard, terms)
+    if swap_methods:
+        methods = devnet.delegation_config().allowed_methods
+        caveats = tuple(
+            Caveat(methods, allowed_methods_terms(swap_methods))
+            if caveat.enforcer == methods
+            else caveat
+            for caveat in built.swap.caveats
+        )
+        built = attrs.evolve(built, swap=attrs.evolve(built.swap, caveats=caveats))
     domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
     return PortfolioDelegations(
         approve=sign_delegation(built.approve, domain, account.owner_key),
@@ -237,15 +270,40 @@ def signed(
     )
 
 
-def make_setup(devnet: Devnet, terms: GuardTerms | None = None, salt: int = 7) -> Setup:
+async def make_setup(
+    chain: ChainClient,
+    devnet: Devnet,
+    terms: GuardTerms | None = None,
+    salt: int = 7,
+    *,
+    guard: str | None = None,
+    tokens: Sequence[str] = (),
+    swap_methods: Sequence[bytes] = (),
+) -> Setup:
+    """``guard`` (default: the real one) enforces ``terms``; ``tokens`` are extra approve targets.
+
+    Expiry and nonce as ``driftd delegation build`` sets them: ``guard.valid_days`` from now (the
+    chain's clock, which tests move) and the account's current NonceEnforcer nonce.
+    """
     account = devnet.accounts[0]
     terms = terms or devnet_terms(devnet)
+    now = (await chain.latest_block()).timestamp
+    nonce = await current_nonce(chain, devnet.delegation_config(), account.address)
+    options: dict[str, Any] = {"tokens": tokens, "swap_methods": swap_methods}
     return Setup(
         devnet=devnet,
         account=account,
         terms=terms,
-        guarded=signed(devnet, account, terms, salt),
-        unguarded=signed(devnet, account, None, salt),
+        guarded=signed(
+            devnet,
+            account,
+            salt,
+            guard=guard_caveat(guard or devnet.guard, terms),
+            expires_at=now + GuardConfig().valid_days * 86_400,
+            nonce=nonce,
+            **options,
+        ),
+        unguarded=signed(devnet, account, salt, **options),
     )
 
 
@@ -254,7 +312,7 @@ async def setup(chain: ChainClient, devnet: Devnet) -> Setup:
     """Feeds at the reference prices, updated now (other tests may have moved chain time)."""
     with trio.fail_after(10):
         await refresh_feeds(chain, devnet)
-    return make_setup(devnet)
+        return await make_setup(chain, devnet)
 
 
 async def value(chain: ChainClient, setup: Setup, prices: Sequence[int] | None = None) -> int:
@@ -497,8 +555,9 @@ async def test_two_legs_in_one_redemption_are_accounted_once(
         assert word >> 64 == loss
 
 
+HOOK_ARGUMENTS = "(bytes,bytes,bytes32,bytes,bytes32,address,address)"
 HOOKS = {
-    function_selector(f"{name}(bytes,bytes,bytes32,bytes,bytes32,address,address)"): name
+    function_selector(f"{name}{HOOK_ARGUMENTS}"): name
     for name in ("beforeAllHook", "beforeHook", "afterHook", "afterAllHook")
 }
 
@@ -655,7 +714,7 @@ async def test_any_sandwich_loses_at_most_the_bound(chain: ChainClient, setup: S
 async def test_token_outside_the_set_cannot_be_swapped(chain: ChainClient, devnet: Devnet) -> None:
     with trio.fail_after(20):
         await refresh_feeds(chain, devnet)
-        setup = make_setup(devnet, devnet_terms(devnet, ("USDC", "WETH")))
+        setup = await make_setup(chain, devnet, devnet_terms(devnet, ("USDC", "WETH")))
         leg = await quoted_leg(chain, devnet, "USDC", "WBTC", 1_000 * 10**6)
         assert await why(chain, await send_mode(chain, setup, [leg])) == "TokenNotAllowed"
         leg = await quoted_leg(chain, devnet, "USDC", "WETH", 1_000 * 10**6)
@@ -790,6 +849,335 @@ async def test_hooks_called_directly_cannot_close_the_managers_window(
         assert guard_error(raised.value.data) == "NoOpenWindow"
 
 
+# --- hostile tokens ---------------------------------------------------------------------------
+
+TEST_CONTRACTS = Path(__file__).resolve().parent / "contracts"
+SWAP_FOT = (
+    "swapExactTokensForTokensSupportingFeeOnTransferTokens"
+    "(uint256,uint256,address[],address,uint256)"
+)
+REDEEM = "redeemDelegations(bytes[],bytes32[],bytes[])"
+FOT_FEE_BPS = 500
+REENTRIES: Final = ("nested redemption", "direct hook call")
+GUARD_MUTANTS: Final = {
+    # beforeAllHook snapshots on every call, so a nested redemption re-bases the open window.
+    "GuardWithoutDepth": (
+        "if (depth == 0) _snapshot(terms, count, base, delegator);",
+        "_snapshot(terms, count, base, delegator);",
+    ),
+    # Windows keyed without the caller, so anyone's direct hook call deepens the manager's window.
+    "GuardWithoutCallerKey": (
+        "return keccak256(abi.encode(manager, delegator, keccak256(terms)));",
+        "return keccak256(abi.encode(address(0), delegator, keccak256(terms)));",
+    ),
+}
+"""Each of the guard's re-entrancy protections, removed from the real source (which must still
+read as quoted): the re-entrant-token attacks must steal from these, or they test nothing."""
+
+
+@pytest.fixture(scope="session")
+def attack_code() -> dict[str, bytes]:
+    """Creation code of tests/contracts/*.sol and of :data:`GUARD_MUTANTS`, compiled at test time
+    by :mod:`daemon.solidity`'s solc-js runner (the pinned compiler, the guard's settings,
+    imports from node_modules): no bytecode is committed."""
+    daemon_sources = contract_sources()
+    sources = {
+        **contract_sources(TEST_CONTRACTS),
+        "IAggregatorV3.sol": daemon_sources["IAggregatorV3.sol"],
+    }
+    for name, (protection, removed) in GUARD_MUTANTS.items():
+        guard = daemon_sources["DriftGuardEnforcer.sol"]
+        assert guard.count(protection) == 1, f"{name}: the guard no longer reads {protection!r}"
+        sources[f"{name}.sol"] = guard.replace(protection, removed).replace(
+            "contract DriftGuardEnforcer {", f"contract {name} {{"
+        )
+    compiled = _run_solc(project_root(), sources)
+    assert str(compiled["solc"]).startswith(SOLC_VERSION)
+    return {name: hex_bytes(code) for name, code in compiled["contracts"].items()}
+
+
+async def deploy(
+    chain: ChainClient, devnet: Devnet, code: bytes, types: Sequence[str], args: Sequence[Any]
+) -> str:
+    return await from_deployer(chain, devnet, None, code + abi_encode(list(types), list(args)))
+
+
+async def listed(
+    chain: ChainClient, devnet: Devnet, terms: GuardTerms, token: str, usd_price: int
+) -> GuardTerms:
+    """``terms`` with ``token`` (18 decimals) added, valued by a new mock feed at ``usd_price``."""
+    feed = await deploy(
+        chain,
+        devnet,
+        load_artifacts().devnet_aggregator,
+        ["uint8", "int256", "string"],
+        [FEED_DECIMALS, feed_answer(usd_price), "test token / USD"],
+    )
+    return attrs.evolve(terms, tokens=(*terms.tokens, GuardToken(token, feed, 18, FEED_DECIMALS)))
+
+
+async def token_balance(chain: ChainClient, token: str, holder: str) -> int:
+    return (await chain.balances(holder, [token]))[token]
+
+
+def frames(call: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A callTracer trace's frames in execution order."""
+    yield call
+    for inner in call.get("calls", ()):
+        yield from frames(inner)
+
+
+async def test_fee_on_transfer_token_fee_is_a_bounded_loss(
+    chain: ChainClient, devnet: Devnet, attack_code: dict[str, bytes]
+) -> None:
+    """A listed token that takes 5 % of every transfer and pays it to the thief.
+
+    The guard accounts by balances before and after, so the fee the account pays is a measured
+    loss, whatever the router believes it swapped: a small sale through the fee-on-transfer
+    router method passes with the fee counted (and recorded against the period), a full-balance
+    sale whose fee alone is over the bound reverts. A guard that valued the swap's amounts
+    instead (amountIn at the pool, the router's computed output) would not see the fee; the same
+    sale under the unguarded delegations shows what it is worth to the thief.
+
+    ``delegation build`` allows only ``swapExactTokensForTokens``, with which a fee-on-transfer
+    token cannot be sold (its pair sees less than the router computed: ``UniswapV2: K``), only
+    bought; the guard also accepts the fee-on-transfer variant, so the owner here signs a swap
+    delegation allowing both (the widest the guard accepts). Buying the token through the
+    daemon's own delegation is bounded the same way (the last part).
+    """
+    with trio.fail_after(60):
+        await refresh_feeds(chain, devnet)
+        router, usdc = devnet.router, devnet.token("USDC").address
+        account = devnet.accounts[0].address
+        fot = await deploy(
+            chain,
+            devnet,
+            attack_code["FeeOnTransferToken"],
+            ["string", "string", "uint256", "address"],
+            ["Fee on transfer", "FOT", FOT_FEE_BPS, THIEF_ADDRESS],
+        )
+        terms = await listed(chain, devnet, devnet_terms(devnet), fot, 2)
+        # A $4M FOT/USDC pool at the feed's $2 (its pair receives 95 % of the deposit).
+        deposit = 10**24 * 10_000 // (10_000 - FOT_FEE_BPS) + 1
+        await mint(chain, devnet, fot, devnet.deployer, deposit)
+        await fund(chain, devnet, devnet.deployer, {"USDC": 2 * 10**12})
+        await add_liquidity(chain, devnet, fot, deposit, usdc, 2 * 10**12)
+        await mint(chain, devnet, fot, account, 10_000 * 10**18)  # $20 000 of FOT
+        methods = [function_selector(SWAP), function_selector(SWAP_FOT)]
+        setup = await make_setup(chain, devnet, terms, tokens=[fot], swap_methods=methods)
+        prices = await reference_prices(chain, setup)
+        before = await value(chain, setup, prices)
+        bound = terms.max_loss(before)
+        fot_price = prices[-1] * 10**18 // 10**FEED_DECIMALS  # USD (18 decimals) per whole FOT
+
+        async def sell(delegations: PortfolioDelegations, amount: int, out_min: int) -> Receipt:
+            swap = encode_call(
+                SWAP_FOT, amount, out_min, [fot, usdc], account, await deadline(chain)
+            )
+            return await redeem(
+                chain,
+                devnet,
+                [
+                    (delegations.approve, Execution(fot, encode_approve(router, amount))),
+                    (delegations.swap, Execution(router, swap)),
+                ],
+            )
+
+        # (ii) first, from the same state under both delegations: the thief sells all 10 000 FOT.
+        fee = 10_000 * 10**18 * FOT_FEE_BPS // 10_000
+        assert fee * fot_price // 10**18 > bound  # 500 FOT = $1 000 of fee alone, bound ~$850
+        thief_before = await token_balance(chain, fot, THIEF_ADDRESS)
+        snapshot = await evm_snapshot(chain)
+        receipt = await sell(setup.guarded, 10_000 * 10**18, 1)
+        assert await why(chain, receipt) == "LossAboveBound"
+        assert await value(chain, setup, prices) == before
+        assert await token_balance(chain, fot, THIEF_ADDRESS) == thief_before
+        assert (await sell(setup.unguarded, 10_000 * 10**18, 1)).succeeded
+        assert await token_balance(chain, fot, THIEF_ADDRESS) - thief_before == fee
+        assert before - await value(chain, setup, prices) > fee * fot_price // 10**18 > bound
+        await evm_revert(chain, snapshot)
+
+        # (i) The legitimate small sale, 1 000 FOT at 1 % slippage: the 50 FOT fee ($100) plus
+        # the pool's 0.3 % and impact (~$8), inside the bound and counted against the period.
+        amount = 1_000 * 10**18
+        received = amount * (10_000 - FOT_FEE_BPS) // 10_000
+        quoted = await chain.call(
+            router, encode_call("getAmountsOut(uint256,address[])", received, [fot, usdc])
+        )
+        out_min = abi_decode(["uint256[]"], quoted)[0][-1] * 99 // 100
+        assert (await sell(setup.guarded, amount, out_min)).succeeded
+        loss = before - await value(chain, setup, prices)
+        fee_value = (amount - received) * fot_price // 10**18
+        assert await token_balance(chain, fot, THIEF_ADDRESS) - thief_before == amount - received
+        assert fee_value == usd(100)
+        assert fee_value < loss < fee_value + usd(10)
+        assert loss <= bound
+        assert await recorded_loss(chain, setup) == loss
+
+        # Buying FOT through the daemon's own swap delegation (swapExactTokensForTokens only):
+        # the account receives 95 % of what the pool pays out, so a full-balance purchase (~$62 000
+        # of USDC) pays the thief ~$3 000 of fee, over the bound by itself.
+        setup = await make_setup(chain, devnet, terms, tokens=[fot], salt=8)
+        before = await value(chain, setup, prices)
+        bound = terms.max_loss(before)
+        thief_before = await token_balance(chain, fot, THIEF_ADDRESS)
+        receipt = await drain(chain, setup, setup.guarded, usdc, [usdc, fot])
+        assert await why(chain, receipt) == "LossAboveBound"
+        assert await value(chain, setup, prices) == before
+        assert (await drain(chain, setup, setup.unguarded, usdc, [usdc, fot])).succeeded
+        fee_value = (await token_balance(chain, fot, THIEF_ADDRESS) - thief_before) * fot_price
+        assert before - await value(chain, setup, prices) > fee_value // 10**18 > bound
+
+
+@pytest.mark.parametrize(("reentry", "mutant"), list(zip(REENTRIES, GUARD_MUTANTS, strict=True)))
+async def test_reentrant_token_cannot_escape_the_bound(
+    chain: ChainClient, devnet: Devnet, attack_code: dict[str, bytes], reentry: str, mutant: str
+) -> None:
+    """A listed token that calls back mid-swap, against the guard's one-window-per-redemption.
+
+    The thief drains the account's 10 WETH (~$30 000) into their own WETH/RTK pool, where they
+    buy less than 1 RTK ($1); RTK is listed (the owner holds some) and its transfer out of the
+    pool, inside the swap, after the account's WETH has left, calls back:
+
+    - ``nested redemption``: into the DelegationManager's ``redeemDelegations``, redeeming the same
+      swap delegation again (the stolen key re-delegates it to the token, which then may redeem)
+      for a harmless 1 USDC swap. It tries to re-base the guard: a nested redemption that took a
+      fresh snapshot would value the account after the WETH left, and the outer redemption's
+      check would then see no loss. The guard only deepens the open window (``depth``), so the
+      nested redemption passes and the outer one's close sees the whole $30 000: it reverts.
+    - ``direct hook call``: into the guard's ``beforeAllHook`` itself, for the account and the
+      same terms, to deepen the manager's window so that its ``afterAllHook`` no longer closes it
+      (and never checks). The guard keys windows by the caller, so the token only opens a window
+      of its own: the manager's window still closes, and reverts.
+
+    Each attack is also run against the guard with that one protection removed
+    (:data:`GUARD_MUTANTS`), and with the unguarded delegations: both steal the $30 000, so the
+    revert is the protection's doing, not the attack failing.
+    """
+    with trio.fail_after(60):
+        await refresh_feeds(chain, devnet)
+        router, manager = devnet.router, devnet.manager
+        weth, usdc = devnet.token("WETH").address, devnet.token("USDC").address
+        account = devnet.accounts[0].address
+        rtk = await deploy(
+            chain,
+            devnet,
+            attack_code["ReentrantToken"],
+            ["string", "string"],
+            ["Re-entrant", "RTK"],
+        )
+        terms = await listed(chain, devnet, devnet_terms(devnet), rtk, 1)
+        await mint(chain, devnet, rtk, account, 1_000 * 10**18)
+        # The thief's pool: 0.001 WETH : 1 RTK, where 10 WETH buy less than 1 RTK.
+        await fund(chain, devnet, devnet.deployer, {"WETH": 10**15})
+        await mint(chain, devnet, rtk, devnet.deployer, 10**18)
+        await add_liquidity(chain, devnet, weth, 10**15, rtk, 10**18)
+        mutant_guard = await deploy(chain, devnet, attack_code[mutant], [], [])
+        guarded = await make_setup(chain, devnet, terms)
+        weakened = await make_setup(chain, devnet, terms, guard=mutant_guard)
+        prices = await reference_prices(chain, guarded)
+        before = await value(chain, guarded, prices)
+        bound = terms.max_loss(before)
+        domain = DelegationDomain(chain_id=devnet.chain_id, manager=manager)
+        weth_balance = await token_balance(chain, weth, account)
+
+        async def attack(delegations: PortfolioDelegations, guard: str) -> tuple[Receipt, str]:
+            """Arm RTK's callback, then redeem: approve WETH and 1 USDC, swap all WETH to RTK."""
+            when = await deadline(chain)
+            nested = Execution(router, swap_call(10**6, [usdc, weth], account, when))
+            if reentry == "nested redemption":
+                leaf = Delegation(
+                    delegate=rtk,
+                    delegator=devnet.signer,
+                    authority=delegations.swap.struct_hash(),
+                    caveats=(),
+                    salt=1,
+                )
+                leaf = sign_delegation(leaf, domain, devnet.signer_key)
+                target = manager
+                callback = encode_call(
+                    REDEEM,
+                    [permission_context([leaf, delegations.swap])],
+                    [SINGLE_DEFAULT_MODE],
+                    [nested.encode_single()],
+                )
+            else:
+                target = guard
+                callback = encode_call(
+                    f"beforeAllHook{HOOK_ARGUMENTS}",
+                    terms.encode(),
+                    b"",
+                    SINGLE_DEFAULT_MODE,
+                    nested.encode_single(),
+                    b"\x00" * 32,
+                    account,
+                    THIEF_ADDRESS,
+                )
+            await from_deployer(
+                chain, devnet, rtk, encode_call("arm(address,bytes)", target, callback)
+            )
+            swap = swap_call(weth_balance, [weth, rtk], account, when)
+            receipt = await redeem(
+                chain,
+                devnet,
+                [
+                    (delegations.approve, Execution(weth, encode_approve(router, weth_balance))),
+                    (delegations.approve, Execution(usdc, encode_approve(router, 10**6))),
+                    (delegations.swap, Execution(router, swap)),
+                ],
+            )
+            return receipt, target
+
+        snapshot = await evm_snapshot(chain)
+        receipt, target = await attack(guarded.guarded, devnet.guard)
+        assert await why(chain, receipt) == "LossAboveBound"
+        assert await value(chain, guarded, prices) == before
+        # The re-entry did run, and succeeded: it is the outer redemption's close that reverts.
+        trace = await chain.request(
+            "debug_traceTransaction", [receipt.transaction_hash, {"tracer": "callTracer"}]
+        )
+        calls = list(frames(trace))
+        (callback,) = [
+            frame
+            for frame in calls
+            if to_address(frame["from"]) == rtk and to_address(frame["to"]) == target
+        ]
+        assert "error" not in callback
+        hooks = [
+            (HOOKS[hex_bytes(frame["input"])[:4]], to_address(frame["from"]), "error" in frame)
+            for frame in calls
+            if to_address(frame["to"]) == devnet.guard
+        ]
+        inner = (
+            [
+                ("beforeAllHook", manager, False),
+                ("beforeHook", manager, False),
+                ("afterHook", manager, False),
+                ("afterAllHook", manager, False),
+            ]
+            if reentry == "nested redemption"
+            else [("beforeAllHook", rtk, False)]
+        )
+        assert hooks == [
+            ("beforeAllHook", manager, False),
+            ("beforeHook", manager, False),
+            *inner,
+            ("afterHook", manager, False),
+            ("afterAllHook", manager, True),
+        ]
+        await evm_revert(chain, snapshot)
+
+        for delegations, guard in (
+            (weakened.guarded, mutant_guard),
+            (guarded.unguarded, devnet.guard),
+        ):
+            snapshot = await evm_snapshot(chain)
+            receipt, _ = await attack(delegations, guard)
+            assert receipt.succeeded
+            assert before - await value(chain, guarded, prices) > 25 * bound
+            await evm_revert(chain, snapshot)
+
+
 # --- oracles ----------------------------------------------------------------------------------
 
 
@@ -824,7 +1212,7 @@ async def test_many_small_redemptions_stop_at_the_period_cap(
     with trio.fail_after(40):
         period = 600
         terms = devnet_terms(devnet, period=period, period_cap=usd(300))
-        setup = make_setup(devnet, terms)
+        setup = await make_setup(chain, devnet, terms)
         # Start at the beginning of a period, so that the redemptions below share one.
         now = (await chain.latest_block()).timestamp
         await evm_increase_time(chain, period - now % period + 1)
@@ -867,10 +1255,13 @@ async def test_gas_of_guarded_and_unguarded_rebalances(
 
     Each figure is the second of two rebalances from the same state, in later blocks, with pools
     already traded in (as on mainnet: the pairs' price accumulators are not written for the first
-    time): ``unguarded`` and ``guarded`` the daemon's shape today; ``first`` the first guarded
+    time). ``unguarded``: approve + swap per leg under the delegations from before the guard (the
+    stock pins only: no guard, expiry, ValueLte(0) or nonce), the baseline. ``guarded``: approve +
+    swap per leg under the delegations ``driftd delegation build`` makes (the pins, expiry,
+    ValueLte(0) and nonce on both, the guard on the swap); ``first``: the same, the first guarded
     redemption ever for the delegation, measured alone (its period-loss slot goes from zero to
-    non-zero, once); ``standing`` the guarded swaps alone, after a one-time unlimited approve of
-    the router (the shape issue 11 proposes).
+    non-zero, once); ``standing``: the guarded swaps alone, after a one-time unlimited approve of
+    the router (the daemon's shape: standing router allowances).
     """
     with trio.fail_after(40):
         devnet = setup.devnet
@@ -924,9 +1315,14 @@ async def test_gas_of_guarded_and_unguarded_rebalances(
         for count, row in figures.items():
             # The guard's cost: ~90 000 gas for the first guarded swap (snapshot and check of
             # three tokens and feeds), ~25 000 per further guarded swap (hooks, terms in calldata
-            # and in the manager's events) ...
-            assert row["guarded"] - row["unguarded"] < 100_000 + 25_000 * (count - 1), row
-            # ... more than paid for by a standing router allowance (no approve entries).
+            # and in the manager's events); the expiry and nonce caveats, ~22 000 per caveat per
+            # entry, on both entries of a leg, and ValueLte(0) on the approve entry. The swap
+            # entry leaves out the method, recipient and ValueLte pins the guard checks itself.
+            guard_cost = 100_000 + 25_000 * (count - 1) + 125_000 * count
+            assert row["guarded"] - row["unguarded"] < guard_cost, row
+            # A standing router allowance drops the approve entry, caveats and all (~160 000 per
+            # leg): the daemon's guarded rebalance costs less than the unguarded baseline.
+            assert row["guarded"] - row["standing"] > 150_000 * count, row
             assert row["standing"] < row["unguarded"], row
         with capsys.disabled():
             sys.stdout.write("\nredeemDelegations gas, " + ", ".join(shapes) + ":\n")
