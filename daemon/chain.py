@@ -44,7 +44,7 @@ from eth_account import Account
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from daemon.config import ChainConfig, Secret
+from daemon.config import ChainConfig, Secret, private_key_bytes
 
 Json = Any
 """A decoded JSON value as the node sent it."""
@@ -342,7 +342,13 @@ class TxSigner:
 
     def __attrs_post_init__(self) -> None:
         try:
-            self.address = to_address(Account.from_key(self._key.reveal()).address)
+            # Exactly 32 bytes of hex: eth-account alone takes 63 digits (a truncated paste)
+            # and would sign with another key. Its message says what is wrong, never the key.
+            key = private_key_bytes(self._key.reveal())
+        except ValueError as exc:
+            raise ValueError(f"signer key is not a valid secp256k1 private key: {exc}") from None
+        try:
+            self.address = to_address(Account.from_key(key).address)
         except (ValueError, TypeError):
             # The library's message may echo the key; ours does not.
             raise ValueError("signer key is not a valid secp256k1 private key") from None

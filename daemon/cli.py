@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 from daemon import exitcodes, package_version
 from daemon.config import Config, ConfigError, effective_config, load_config, resolve_config_path
@@ -53,12 +53,28 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             errors = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
             log.error("service_unavailable", error=errors)
             return exitcodes.UNAVAILABLE
+        if all(isinstance(leaf, Exception) for leaf in leaves):
+            # A crash is one JSON log line too (no locals, URLs masked), then exit 1.
+            log.critical("daemon_crashed", exc_info=exc)
+            return 1
         raise
     return exitcodes.OK
 
 
+class UsageExitParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit 64 (sysexits EX_USAGE), not argparse's 2.
+
+    Subcommand parsers inherit the class (``add_subparsers`` uses ``type(parent)``), so every
+    usage error of the CLI, at any depth, exits 64.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = UsageExitParser(
         prog="driftd",
         description="Keeps crypto portfolios in smart accounts at their target allocations.",
     )
@@ -145,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(resolve_config_path(args.config, env), env)
     except ConfigError as exc:
-        print(f"driftd: {exc}", file=sys.stderr)
+        # One problem, one line (e.g. a malformed signer key: what is wrong, never the key).
+        if len(exc.problems) == 1:
+            print(f"driftd: invalid configuration: {exc.problems[0]}", file=sys.stderr)
+        else:
+            print(f"driftd: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
     if getattr(args, "token_lookup", None) is not None:
         # `delegation build --token SYMBOL` resolves symbols through the registry.

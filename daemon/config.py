@@ -16,8 +16,11 @@ from the environment. They are held in :class:`Secret`, whose ``repr``/``str`` a
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import shlex
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -39,7 +42,28 @@ SIGNER_CREDENTIAL: Final = "signer-key"
 COINGECKO_CREDENTIAL: Final = "coingecko-api-key"
 
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_URL_PASSWORD_RE: Final = re.compile(r"(?<=://)([^:/@]+):([^@]*)@")
+# user:password@ (a port followed by a path is not a password).
+_URL_PASSWORD_RE: Final = re.compile(r"(?<=://)([^:/@]+):(?!\d*[/?#])([^@]*)@")
+MASK: Final = "***"
+"""What a masked credential is shown as."""
+# A URL inside free text: it ends at whitespace, a quote or an angle bracket.
+_URL_IN_TEXT_RE: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>`]*", re.IGNORECASE)
+# Runs of the characters API keys and webhook tokens are made of (within a path segment).
+_KEY_RUN_RE: Final = re.compile(r"[A-Za-z0-9_~-]{16,}")
+# Path segments after which every segment is a credential: webhook URLs (Slack
+# /services/T…/B…/<token>, Discord /api/webhooks/<id>/<token>, generic …/hooks/<token>) and
+# …/key/<key> styles.
+_SECRET_PATH_MARKERS: Final = frozenset(
+    {"services", "webhook", "webhooks", "hook", "hooks", "token", "tokens", "key", "keys"}
+    | {"apikey", "api_key", "api-key", "secret", "secrets"}
+)
+# Query parameters whose values are shown (libpq's harmless connection options); every other
+# query value is masked.
+_SHOWN_QUERY_NAMES: Final = frozenset(
+    {"sslmode", "connect_timeout", "application_name", "target_session_attrs", "dbname"}
+)
+_SECP256K1_ORDER: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_KEY_FILE_FORBIDDEN_MODE: Final = 0o077
 
 
 class ConfigError(Exception):
@@ -67,9 +91,111 @@ class Secret:
         return self.value
 
 
-def mask_url(url: str) -> str:
-    """``scheme://user:password@host`` → ``scheme://user:***@host``."""
-    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}:***@", url)
+def mask_url(text: str, *, hide_path: bool = False) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``.
+
+    The one masking function: configuration output, health and status documents, log lines and
+    error texts all go through it. It masks a URL's password (``user:***@host``) and a lone
+    user name that looks like a key, path segments that look like keys (Alchemy ``/v2/<key>``,
+    Infura ``/v3/<32 hex>``: a run of 16+ letters and digits, or of 32+ key characters) and
+    every segment after a webhook/key marker (Slack ``/services/…``, Discord
+    ``/api/webhooks/…``, ``/hooks/…``), every query value except libpq's harmless options
+    (``?apikey=***``), and the fragment. ``hide_path`` masks the whole path, query and fragment
+    (``scheme://host/***``): for URLs that are secrets as a whole, such as webhook URLs.
+    """
+    if "://" not in text:
+        return text
+    # Passwords first, over the whole text: one that holds a space or a quote is still masked.
+    text = _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+    return _URL_IN_TEXT_RE.sub(lambda m: _mask_one_url(m.group(), hide_path), text)
+
+
+def looks_like_key(token: str) -> bool:
+    """A credential-looking string: 32+ characters, or 16+ mixing letters and digits."""
+    if len(token) >= 32:
+        return True
+    return len(token) >= 16 and any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+
+
+def _first_of(text: str, characters: str, start: int = 0) -> int:
+    """Index of the first of ``characters`` in ``text`` at or after ``start``, else its length."""
+    found = [i for i in (text.find(c, start) for c in characters) if i >= 0]
+    return min(found, default=len(text))
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """``user:password@host/…`` (the part after ``://``) → (``user:password``, ``host/…``)."""
+    first_at = rest.find("@")
+    if first_at < 0:
+        return None, rest
+    stop = _first_of(rest, ":/?#@")
+    if rest[stop] == "@":
+        return rest[:stop], rest[stop + 1 :]
+    if rest[stop] != ":":
+        return None, rest  # the '@' is in the path or the query
+    after_colon = rest[stop + 1 :]
+    delimiter = _first_of(after_colon, "/?#@")
+    port_like = after_colon[:delimiter].isdigit() or delimiter == 0
+    if port_like and after_colon[delimiter : delimiter + 1] in {"/", "?", "#"}:
+        return None, rest  # host:port/…, the '@' is further on
+    # A password may hold unescaped '@' or '/': the user info ends at the last '@' before the
+    # host's end.
+    host_end = _first_of(rest, "/?#", first_at)
+    last_at = rest.rfind("@", 0, host_end)
+    return rest[:last_at], rest[last_at + 1 :]
+
+
+def _mask_userinfo(info: str) -> str:
+    user, colon, password = info.partition(":")
+    user = MASK if looks_like_key(user) else user
+    if colon:
+        return f"{user}:{MASK}" if password else f"{user}:"
+    return user
+
+
+def _mask_path(path: str) -> str:
+    segments = []
+    hide = False
+    for segment in path.split("/"):
+        if hide and segment:
+            segments.append(MASK)
+            continue
+        segments.append(
+            _KEY_RUN_RE.sub(lambda m: MASK if looks_like_key(m.group()) else m.group(), segment)
+        )
+        hide = hide or segment.lower() in _SECRET_PATH_MARKERS
+    return "/".join(segments)
+
+
+def _mask_query(query: str) -> str:
+    items: list[str] = []
+    for item in query.split("&"):
+        name, equals, value = item.partition("=")
+        if not equals:
+            items.append(MASK if item else item)
+        elif value and name.lower() not in _SHOWN_QUERY_NAMES:
+            items.append(f"{name}={MASK}")
+        else:
+            items.append(item)
+    return "&".join(items)
+
+
+def _mask_one_url(url: str, hide_path: bool) -> str:
+    scheme, _, rest = url.partition("://")
+    userinfo, rest = _split_userinfo(rest)
+    host_end = _first_of(rest, "/?#")
+    host, tail = rest[:host_end], rest[host_end:]
+    shown = f"{scheme}://" + ("" if userinfo is None else _mask_userinfo(userinfo) + "@") + host
+    if hide_path:
+        return shown + (f"/{MASK}" if tail.strip("/") else tail)
+    tail, hash_sign, fragment = tail.partition("#")
+    path, question_mark, query = tail.partition("?")
+    return (
+        shown
+        + _mask_path(path)
+        + (question_mark + _mask_query(query))
+        + (hash_sign + (MASK if fragment else ""))
+    )
 
 
 # --- value parsers: raw TOML or environment value → typed value, or ValueError with a reason ---
@@ -77,7 +203,29 @@ def mask_url(url: str) -> str:
 Parser = Callable[[Any], Any]
 
 
+NUMBER_LIMIT: Final = 10**9
+"""Largest magnitude of a decimal or float setting. None needs more (durations are at most ~31
+years in seconds or ~1 900 years in minutes, amounts a billion USD or gwei), and the bound keeps
+every use of them finite: ``1e999`` is a finite Decimal but ``inf`` as a float, and a huge
+duration overflows the datetime arithmetic of cooldowns and deadlines."""
+INT_LIMIT: Final = 2**63 - 1
+"""Largest magnitude of an integer setting: PostgreSQL's bigint and int64 (chain ids are stored
+as bigint; ids of real chains reach ~10^13)."""
+_INT_TEXT_LIMIT: Final = 100
+"""Longest integer text considered at all (Python refuses > 4 300 digits with an odd message)."""
+
+
+def _shown(raw: Any) -> str:
+    """``raw`` for an error message: short, and never a 5 000-digit number."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 64:
+        return f"an integer of {raw.bit_length()} bits"
+    text = raw if isinstance(raw, str) else repr(raw)
+    return repr(text[:40] + "…") if len(text) > 40 else repr(raw)
+
+
 def _decimal(raw: Any) -> Decimal:
+    """A finite number of magnitude at most :data:`NUMBER_LIMIT` (``inf``, ``nan`` and ``1e999``
+    are refused, from the file and the environment alike)."""
     if isinstance(raw, bool):
         raise ValueError(f"must be a number, got {raw!r}")
     if isinstance(raw, Decimal):
@@ -85,33 +233,50 @@ def _decimal(raw: Any) -> Decimal:
     elif isinstance(raw, float):
         # Only code passes floats (TOML floats arrive as Decimal); repr is the shortest exact text.
         value = Decimal(repr(raw))
-    elif isinstance(raw, int | str):
+    elif isinstance(raw, int):
+        if abs(raw) > NUMBER_LIMIT:
+            raise ValueError(f"must be at most {NUMBER_LIMIT} in magnitude, got {_shown(raw)}")
+        value = Decimal(raw)
+    elif isinstance(raw, str):
         try:
-            value = Decimal(str(raw).strip())
+            value = Decimal(raw.strip())
         except InvalidOperation:
-            raise ValueError(f"must be a number, got {raw!r}") from None
+            raise ValueError(f"must be a number, got {_shown(raw)}") from None
     else:
-        raise ValueError(f"must be a number, got {raw!r}")
+        raise ValueError(f"must be a number, got {_shown(raw)}")
     if not value.is_finite():
-        raise ValueError(f"must be a finite number, got {raw}")
+        raise ValueError(f"must be a finite number, got {_shown(raw)}")
+    if abs(value) > NUMBER_LIMIT:
+        raise ValueError(f"must be at most {NUMBER_LIMIT} in magnitude, got {_shown(raw)}")
     return value
 
 
 def _float(raw: Any) -> float:
-    return float(_decimal(raw))
+    """A finite float (seconds, mostly): :func:`_decimal`'s rules, then converted."""
+    value = float(_decimal(raw))
+    if not math.isfinite(value):  # pragma: no cover - _decimal's bound already excludes it
+        raise ValueError(f"must be a finite number, got {_shown(raw)}")
+    return value
 
 
 def _int(raw: Any) -> int:
+    """An integer of magnitude at most :data:`INT_LIMIT` (decimal, ``0x`` hex, ``1_000``)."""
     if isinstance(raw, bool):
         raise ValueError(f"must be an integer, got {raw!r}")
     if isinstance(raw, int):
-        return raw
-    if isinstance(raw, str):
+        value = raw
+    elif isinstance(raw, str) and len(raw.strip()) > _INT_TEXT_LIMIT:
+        raise ValueError(f"must be at most {INT_LIMIT} in magnitude, got {_shown(raw)}")
+    elif isinstance(raw, str):
         try:
-            return int(raw.strip(), 0)
+            value = int(raw.strip(), 0)
         except ValueError:
-            pass
-    raise ValueError(f"must be an integer, got {raw!r}")
+            raise ValueError(f"must be an integer, got {_shown(raw)}") from None
+    else:
+        raise ValueError(f"must be an integer, got {_shown(raw)}")
+    if abs(value) > INT_LIMIT:
+        raise ValueError(f"must be at most {INT_LIMIT} in magnitude, got {_shown(raw)}")
+    return value
 
 
 def _bool(raw: Any) -> bool:
@@ -140,14 +305,37 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
-def _address(raw: Any) -> str:
-    value = _str(raw).strip()
-    if not _ADDRESS_RE.match(value):
-        raise ValueError(f"must be a 0x-prefixed 20-byte hex address, got {raw!r}")
-    # Checksum casing is normalised here so comparisons elsewhere are plain string equality.
+ZERO_ADDRESS: Final = "0x" + "0" * 40
+
+
+def checked_address(value: str) -> str:
+    """``value`` as a checksummed address, or ``ValueError`` saying what is wrong with it.
+
+    Refused: anything but ``0x`` and 40 hex digits; a mixed-case spelling whose EIP-55 checksum
+    does not match (it is not re-checksummed: a mismatch almost always means a typo, and the
+    typo'd address is someone else's); the zero address. All-lowercase and all-uppercase hex
+    carry no checksum and are accepted (EIP-55).
+    """
+    text = value.strip()
+    if not _ADDRESS_RE.match(text):
+        raise ValueError(f"must be a 0x-prefixed 20-byte hex address, got {_shown(value)}")
     from eth_utils.address import to_checksum_address
 
-    return str(to_checksum_address(value))
+    checksummed = str(to_checksum_address(text))
+    digits = text[2:]
+    if digits not in (digits.lower(), digits.upper()) and text != checksummed:
+        raise ValueError(
+            f"{text} does not match its EIP-55 checksum (its mixed case is wrong: most likely a "
+            "typo, and a typo'd address is someone else's; copy it again from its source)"
+        )
+    if checksummed == ZERO_ADDRESS:
+        raise ValueError("is the zero address (0x000…000), which is nobody's contract or account")
+    return checksummed
+
+
+def _address(raw: Any) -> str:
+    # Checksum casing is normalised here so comparisons elsewhere are plain string equality.
+    return checked_address(_str(raw))
 
 
 def _optional_address(raw: Any) -> str:
@@ -187,11 +375,20 @@ def _at_least(minimum: Decimal | float | int) -> Check:
 
 
 def _http_url(value: str) -> str | None:
-    return None if re.match(r"^https?://\S+$", value) else f"must be an http(s) URL, got {value!r}"
+    if re.match(r"^https?://\S+$", value):
+        return None
+    # Echoed masked: a mistyped URL still carries its API key.
+    shown = _KEY_RUN_RE.sub(lambda m: MASK if looks_like_key(m.group()) else m.group(), value)
+    return f"must be an http(s) URL, got {mask_url(shown)!r}"
 
 
 def _optional_http_url(value: str) -> str | None:
-    return None if value == "" else _http_url(value)
+    """An http(s) URL that is a secret as a whole (a webhook), or empty."""
+    if value == "" or re.match(r"^https?://\S+$", value):
+        return None
+    if "://" in value:
+        return f"must be an http(s) URL, got {mask_url(value, hide_path=True)!r}"
+    return "must be an http(s) URL (https://…; the value is not shown, it may hold a token)"
 
 
 def _postgres_url(value: str) -> str | None:
@@ -436,6 +633,15 @@ class RebalanceConfig:
         env=("PRICE_IMPACT_THRESHOLD",),
         live=True,
     )
+    max_quote_deviation: Decimal = setting(
+        Decimal("0.03"),
+        _decimal,
+        "A leg is not sent when the pool's mid price differs from the price the plan was made "
+        "with by more than this fraction (either way): a pool pushed off-market, or stale or "
+        "wrong plan prices. Fees and impact are bounded separately.",
+        check=_open_unit,
+        live=True,
+    )
     rebalance_to: str = setting(
         "target",
         _choice("target", "band"),
@@ -455,6 +661,10 @@ class RebalanceConfig:
 def _price_source_alias(raw: Any) -> str:
     # The seed spells the source ORACLE / ROUTER.
     return str(_choice("oracle", "router")(raw))
+
+
+def _greater_than_one(value: Decimal) -> str | None:
+    return None if value > 1 else f"must be > 1, got {value}"
 
 
 @attrs.frozen
@@ -482,7 +692,9 @@ class PricesConfig:
     cross_check: bool = setting(
         False,
         _bool,
-        "Also fetch the other source and mark tokens whose prices diverge as unhealthy.",
+        "Also fetch the other source: a token whose two prices differ by more than "
+        "max_divergence is DIVERGED, one it cannot price (no price, an invalid or stale one, "
+        "the source down) is UNVERIFIED; neither is traded. Needs every token's coingecko_id.",
     )
     max_divergence: Decimal = setting(
         Decimal("0.05"),
@@ -490,6 +702,33 @@ class PricesConfig:
         "With cross_check: largest tolerated |oracle − router| / router before a token is "
         "unhealthy.",
         check=_open_unit,
+        live=True,
+    )
+    max_head_age: float = setting(
+        120.0,
+        _float,
+        "Router prices read at a block whose timestamp is older than this many seconds are "
+        "stale: no trade on them (a node stuck on an old head serves old reserves as current). "
+        "Ten 12-second blocks by default; raise it on a chain with slower blocks. 0: not judged "
+        "(a devnet that mines no blocks while idle).",
+        check=_non_negative,
+        live=True,
+    )
+    max_price_usd: Decimal = setting(
+        Decimal(1_000_000_000),
+        _decimal,
+        "A price above this many USD per whole token is refused as garbage (logged as "
+        "price_refused; portfolios holding the token skip).",
+        check=_positive,
+        live=True,
+    )
+    max_move_factor: Decimal = setting(
+        Decimal(10),
+        _decimal,
+        "A price more than this many times above or below the token's last accepted price is "
+        "refused (logged as price_refused; portfolios holding the token skip) until it is back "
+        "within the factor. Raise it to accept a real move.",
+        check=_greater_than_one,
         live=True,
     )
     coingecko_base_url: str = setting(
@@ -772,12 +1011,40 @@ def _parse_value(attribute: attrs.Attribute[Any], raw: Any, parse: Parser) -> An
     return value
 
 
-def _read_file_secret(path: Path, what: str) -> Secret:
+def private_key_bytes(text: str) -> bytes:
+    """The 32 bytes of a hex secp256k1 private key (``0x`` optional).
+
+    Raises ValueError saying what is wrong, never echoing the text (it is a key, or most of one).
+    """
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    if len(digits) != 64:
+        raise ValueError(f"must be 64 hex digits (32 bytes), got {len(digits)} characters")
+    if not all(c in "0123456789abcdefABCDEF" for c in digits):
+        raise ValueError("must be 64 hex digits (32 bytes), got other characters")
+    if not 0 < int(digits, 16) < _SECP256K1_ORDER:
+        raise ValueError("must be between 1 and the secp256k1 group order - 1")
+    return bytes.fromhex(digits)
+
+
+def _read_file_secret(path: Path, what: str, *, private: bool) -> Secret:
+    """The stripped content of ``path``. With ``private`` the file must not be open to its group
+    or others (systemd credentials are exempt: systemd made them, and only for this service)."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        with path.open(encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if private and mode & _KEY_FILE_FORBIDDEN_MODE:
+                # Refused before a byte is read; the path and mode are not secret.
+                raise ValueError(
+                    f"{what} file {str(path)!r} is readable or writable by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}); restrict it with: "
+                    f"chmod 600 {shlex.quote(str(path))}"
+                )
+            text = handle.read().strip()
     except OSError as exc:
         # The path is not secret; the content is never part of an error.
         raise ValueError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {str(path)!r} is not UTF-8 text") from None
     if not text:
         raise ValueError(f"{what} file {str(path)!r} is empty")
     return Secret(text)
@@ -785,14 +1052,16 @@ def _read_file_secret(path: Path, what: str) -> Secret:
 
 def _resolve_secret(
     key_file: str, credential: str, env_name: str, env: Mapping[str, str], what: str
-) -> Secret | None:
+) -> tuple[Secret, str] | None:
+    """The secret and where it came from (for error messages), or None when not set."""
     if key_file:
-        return _read_file_secret(Path(key_file), what)
+        return _read_file_secret(Path(key_file), what, private=True), f"{what} file {key_file!r}"
     credentials_dir = env.get("CREDENTIALS_DIRECTORY")
     if credentials_dir and (Path(credentials_dir) / credential).is_file():
-        return _read_file_secret(Path(credentials_dir) / credential, what)
+        path = Path(credentials_dir) / credential
+        return _read_file_secret(path, what, private=False), f"systemd credential {str(path)!r}"
     if env.get(env_name, "").strip():
-        return Secret(env[env_name].strip())
+        return Secret(env[env_name].strip()), f"${env_name}"
     return None
 
 
@@ -884,15 +1153,26 @@ def parse_config(document: Mapping[str, Any], env: Mapping[str, str], source: st
 
     secrets = Secrets()
     if "signer" in built and "prices" in built:
+        signer_key: Secret | None = None
         try:
-            signer_key = _resolve_secret(
+            resolved = _resolve_secret(
                 built["signer"].key_file, SIGNER_CREDENTIAL, SIGNER_KEY_ENV, env, "signer key"
             )
         except ValueError as exc:
             problems.append(f"signer.key_file: {exc}")
-            signer_key = None
+        else:
+            if resolved is not None:
+                signer_key, origin = resolved
+                try:
+                    private_key_bytes(signer_key.reveal())
+                except ValueError as exc:
+                    where = SIGNER_KEY_ENV if origin.startswith("$") else "signer.key_file"
+                    problems.append(
+                        f"{where}: {origin} is not a valid secp256k1 private key: {exc}"
+                    )
+        api_key: Secret | None = None
         try:
-            api_key = _resolve_secret(
+            resolved = _resolve_secret(
                 built["prices"].coingecko_api_key_file,
                 COINGECKO_CREDENTIAL,
                 COINGECKO_KEY_ENV,
@@ -901,7 +1181,8 @@ def parse_config(document: Mapping[str, Any], env: Mapping[str, str], source: st
             )
         except ValueError as exc:
             problems.append(f"prices.coingecko_api_key_file: {exc}")
-            api_key = None
+        else:
+            api_key = None if resolved is None else resolved[0]
         secrets = Secrets(signer_key=signer_key, coingecko_api_key=api_key)
 
     if problems:
@@ -936,6 +1217,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
             raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        except ValueError as exc:  # an integer of more than 4 300 digits: Python's own limit
+            raise ConfigError([f"{path}: not valid TOML: a number is too large ({exc})"]) from None
     return parse_config(document, environment, source=str(path) if path else "")
 
 
@@ -953,7 +1236,13 @@ def effective_config(config: Config) -> dict[str, dict[str, Any]]:
         out[section_name] = {
             f.name: _display(getattr(section, f.name)) for f in attrs.fields(type(section))
         }
-    out["database"]["url"] = mask_url(config.database.url)
+    # Every URL is shown with its credentials masked (passwords, key-like path segments, query
+    # values); a webhook URL is a secret as a whole, so only its host is shown.
+    for values in out.values():
+        for name, value in values.items():
+            if isinstance(value, str) and "://" in value:
+                values[name] = mask_url(value)
+    out["alerts"]["webhook_url"] = mask_url(config.alerts.webhook_url, hide_path=True)
     out["secrets"] = {
         "signer_key": "***" if config.secrets.signer_key else "(not set)",
         "coingecko_api_key": "***" if config.secrets.coingecko_api_key else "(not set)",

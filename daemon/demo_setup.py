@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -192,7 +191,13 @@ def demo_document(
         **devnet.config_overrides(),
         "database": {"url": database_url, "max_connections": 5},
         "signer": {"key_file": str(key_file)},
-        "prices": {"source": "router", "poll_interval": PRICE_POLL_SECONDS, "max_age": 30.0},
+        # The devnet mines only when the market or the daemon trades: its head is often old.
+        "prices": {
+            "source": "router",
+            "poll_interval": PRICE_POLL_SECONDS,
+            "max_age": 30.0,
+            "max_head_age": 0,
+        },
         "rebalance": {"cooldown_minutes": COOLDOWN_MINUTES, "max_trade_usd": MAX_TRADE_USD},
         "execution": {"receipt_timeout": 15.0},
         "supervisor": {"backoff_initial": 0.5, "backoff_max": 5.0},
@@ -254,12 +259,9 @@ async def setup(
     log_file = log_path.open("a", encoding="utf-8")
     stack.callback(log_file.close)
     stack.callback(structlog.reset_defaults)
+    # Libraries that log through the standard library (asyncpg) are routed there too, as JSON,
+    # not over the live view.
     configure_logging("info", "json", stream=log_file)
-    # Libraries that log through the standard library (asyncpg) write there too, not over the
-    # live view.
-    handler = logging.StreamHandler(log_file)
-    logging.getLogger().addHandler(handler)
-    stack.callback(logging.getLogger().removeHandler, handler)
 
     reporter.progress("starting a throwaway PostgreSQL on a free loopback port")
     postgres = pgserver.PostgresServer(

@@ -163,6 +163,7 @@ def test_secret_from_file_credentials_or_env(tmp_path: Path) -> None:
     key = "0x" + "11" * 32
     key_file = tmp_path / "signer.key"
     key_file.write_text(key + "\n")
+    key_file.chmod(0o600)  # a key file open to others is refused (tests/test_secrets.py)
     from_file = parse_config({"signer": {"key_file": str(key_file)}}, {})
     assert from_file.secrets.signer_key is not None
     assert from_file.secrets.signer_key.reveal() == key
