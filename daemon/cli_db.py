@@ -1,9 +1,15 @@
 """``driftd migrate``, ``driftd token add|list`` and ``driftd portfolio add|list|show|deactivate``.
 
-The commands that only talk to the database live here, next to nothing else, so the CLI core stays
+The commands that work on the registry live here, next to nothing else, so the CLI core stays
 small. Input is validated before any I/O and every problem names what is wrong (exit 65); an
-unreachable database exits 69; a schema older than this driftd (``driftd migrate`` not run) or
-newer exits 78.
+unreachable database or chain exits 69; a schema older than this driftd (``driftd migrate`` not
+run) or newer, or a node on another chain, exits 78.
+
+What is registered must be what is on chain (issue 12): addresses with a wrong EIP-55 checksum
+and the zero address are refused; ``token add`` reads the token's code, ``decimals()`` and
+``symbol()`` (and the feed's code) and refuses a contract that is not there or disagrees
+(:func:`daemon.registration.check_token_on_chain`); ``portfolio add`` refuses a second active
+portfolio on one account (the database refuses it too: migration 0005).
 
 The delegation file is checked for *shape* here (a JSON array of signed delegations in the
 MetaMask Delegation Toolkit form). Its signatures and caveats are checked by a verifier passed to
@@ -18,7 +24,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -26,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from daemon import exitcodes
-from daemon.config import Config
+from daemon.chain import ChainError, ChainIdMismatch
+from daemon.config import Config, checked_address
 from daemon.db import (
     ConstraintViolation,
     Database,
@@ -43,11 +50,15 @@ from daemon.db import (
 if TYPE_CHECKING:
     from daemon.cli import Subparsers
 
-DelegationVerifier = Callable[[list[dict[str, Any]], str, Config, Sequence[Token]], None]
-"""``verify(delegations, smart_account, config, tokens)``: raise ``ValueError`` naming the
-problem, or :class:`VerifierUnavailable` when it cannot check (the chain is unreachable).
-``tokens`` are the registered tokens the guard must list: the portfolio's, then the quote token
-(if registered and not already among them)."""
+DelegationVerifier = Callable[
+    [list[dict[str, Any]], str, Config, Sequence[Token], Collection[str]], None
+]
+"""``verify(delegations, smart_account, config, tokens, targets)``: raise ``ValueError`` naming
+the problem (an :class:`InputError` is shown as it is, any other ``ValueError`` after
+``--delegation FILE:``), or :class:`VerifierUnavailable` when it cannot check (the chain is
+unreachable). ``tokens`` are the registered tokens the guard must list: the portfolio's, then
+the quote token (if registered and not already among them); ``targets`` the symbols of the
+portfolio's own tokens (the ones the approve delegation must cover)."""
 
 
 class VerifierUnavailable(Exception):
@@ -56,6 +67,12 @@ class VerifierUnavailable(Exception):
 
 WEIGHT_TOLERANCE: Final = Decimal("1e-9")
 MAX_DECIMALS: Final = 77
+MAX_DELEGATION_FILE_BYTES: Final = 1 << 20
+"""A signed-delegation file is a few kilobytes; a larger one is not read."""
+MAX_DELEGATION_NESTING: Final = 16
+"""Deepest ``[``/``{`` nesting read (the Toolkit's shape needs 3): deeper input is refused
+before ``json.loads``, whose C decoder can overflow the stack once py_ecc has raised the
+recursion limit."""
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HEX_RE: Final = re.compile(r"^0x([0-9a-fA-F]{2})*$")
 _BYTES32_RE: Final = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -85,7 +102,11 @@ def register(
     token_add = token_actions.add_parser("add", help="register a token")
     token_add.add_argument("symbol", metavar="SYMBOL")
     token_add.add_argument("address", metavar="ADDRESS", help="0x token contract address")
-    token_add.add_argument("--decimals", type=int, required=True, metavar="N")
+    token_add.add_argument(
+        "--decimals",
+        metavar="N",
+        help="the token's decimals; read from the chain when omitted, refused when it differs",
+    )
     token_add.add_argument("--coingecko-id", metavar="ID", help="CoinGecko coin id (oracle)")
     token_add.add_argument(
         "--quote", action="store_true", help="the stablecoin router prices are quoted in"
@@ -94,6 +115,11 @@ def register(
         "--feed",
         metavar="0xFEED",
         help="the token's Chainlink-compatible USD price feed (the oracle guard values it there)",
+    )
+    token_add.add_argument(
+        "--allow-symbol-mismatch",
+        action="store_true",
+        help="register SYMBOL although the contract's symbol() says otherwise",
     )
     token_add.set_defaults(func=cmd_token_add)
     token_list = token_actions.add_parser("list", help="list tokens")
@@ -137,12 +163,26 @@ def register(
 
 
 def parse_address(value: str, what: str) -> str:
-    """A checksummed address, or :class:`InputError` naming ``what``."""
-    if not _ADDRESS_RE.match(value.strip()):
-        raise InputError(f"{what}: must be a 0x-prefixed 20-byte hex address, got {value!r}")
-    from eth_utils.address import to_checksum_address
+    """A checksummed address, or :class:`InputError` naming ``what``: not an address, a wrong
+    EIP-55 checksum (never silently re-checksummed) or the zero address
+    (:func:`daemon.config.checked_address`)."""
+    try:
+        return checked_address(value)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
 
-    return str(to_checksum_address(value.strip()))
+
+def parse_decimals(value: str | None) -> int | None:
+    """``--decimals N``: an integer in 0..:data:`MAX_DECIMALS`, or None (read from the chain)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 3:
+        raise InputError(f"--decimals: must be an integer in 0..{MAX_DECIMALS}, got {value[:40]!r}")
+    decimals = int(text)
+    if not 0 <= decimals <= MAX_DECIMALS:
+        raise InputError(f"--decimals: must be in 0..{MAX_DECIMALS}, got {decimals}")
+    return decimals
 
 
 def parse_targets(items: Sequence[str]) -> dict[str, Decimal]:
@@ -219,14 +259,50 @@ def validate_delegations(document: Any, smart_account: str) -> list[dict[str, An
 def read_delegation_file(path: str, smart_account: str) -> list[dict[str, Any]]:
     """Read and shape-check ``--delegation FILE``."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_DELEGATION_FILE_BYTES + 1)
     except OSError as exc:
         raise InputError(f"--delegation {path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_DELEGATION_FILE_BYTES:
+        raise InputError(
+            f"--delegation {path}: larger than {MAX_DELEGATION_FILE_BYTES} bytes "
+            "(a signed-delegation file is a few kilobytes)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--delegation {path}: not UTF-8 text") from None
+    if _nesting(text) > MAX_DELEGATION_NESTING:
+        raise InputError(
+            f"--delegation {path}: not valid JSON: nested deeper than {MAX_DELEGATION_NESTING}"
+        )
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
         raise InputError(f"--delegation {path}: not valid JSON: {exc}") from None
     return validate_delegations(document, smart_account)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of JSON arrays and objects in ``text`` (brackets in strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 # ============================================================================ running
@@ -265,6 +341,10 @@ def _with_database(
         return _fail(exc, exitcodes.CONFIG_ERROR)
     except DatabaseError as exc:
         return _fail(exc, exitcodes.UNAVAILABLE)
+    except ChainIdMismatch as exc:
+        return _fail(f"chain.rpc_url: {exc}", exitcodes.CONFIG_ERROR)
+    except ChainError as exc:
+        return _fail(f"cannot read the chain: {exc}", exitcodes.UNAVAILABLE)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -337,28 +417,41 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_token_add(args: argparse.Namespace, config: Config) -> int:
-    """``driftd token add SYMBOL ADDRESS --decimals N [--coingecko-id ID] [--quote]``."""
+    """``driftd token add SYMBOL ADDRESS [--decimals N] [--coingecko-id ID] [--quote] [--feed
+    0xFEED] [--allow-symbol-mismatch]``: checked against the chain before it is stored."""
     try:
         if not _SYMBOL_RE.match(args.symbol):
             raise InputError(f"SYMBOL: must be 1-32 of A-Z a-z 0-9 . _ + -, got {args.symbol!r}")
         address = parse_address(args.address, "ADDRESS")
-        if not 0 <= args.decimals <= MAX_DECIMALS:
-            raise InputError(f"--decimals: must be in 0..{MAX_DECIMALS}, got {args.decimals}")
+        decimals = parse_decimals(args.decimals)
         feed = parse_address(args.feed, "--feed") if args.feed else None
     except InputError as exc:
         return _fail(exc, exitcodes.DATA_ERROR)
 
     async def work(db: Database) -> int:
+        from daemon.registration import check_token_on_chain
+
+        checked = await check_token_on_chain(
+            config,
+            symbol=args.symbol,
+            address=address,
+            decimals=decimals,
+            feed=feed,
+            allow_symbol_mismatch=getattr(args, "allow_symbol_mismatch", False),
+        )
+        for warning in checked.warnings:
+            print(f"driftd: warning: {warning}", file=sys.stderr)
         token = await db.add_token(
             args.symbol,
             address,
             chain_id=config.chain.chain_id,
-            decimals=args.decimals,
+            decimals=checked.decimals,
             coingecko_id=args.coingecko_id or None,
             is_quote=args.quote,
             price_feed=feed,
         )
-        print(f"added token {token.symbol} {token.address} (decimals {token.decimals})")
+        source = "as given, matches the chain" if decimals is not None else "read from the chain"
+        print(f"added token {token.symbol} {token.address} (decimals {token.decimals}, {source})")
         return exitcodes.OK
 
     return _with_database(config, work)
@@ -420,6 +513,11 @@ def cmd_portfolio_add(
                 f"--target: unknown token symbol(s) {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(known)) or 'none'}); add them with `driftd token add`"
             )
+        # One account, one portfolio: two would be two actors trading the same balances
+        # towards different targets, each undoing the other's trades (issue 12).
+        existing = await db.active_portfolio_on(config.chain.chain_id, account)
+        if existing is not None:
+            raise InputError(_account_taken(account, existing, config.chain.chain_id))
         if delegations and verify is None:
             raise InputError(
                 f"--delegation {args.delegation}: no delegation verifier available; "
@@ -429,23 +527,48 @@ def cmd_portfolio_add(
             tokens = [t for t in registry if t.symbol in targets]
             tokens += [t for t in registry if t.is_quote and t.symbol not in targets]
             try:
-                await trio.to_thread.run_sync(verify, delegations, account, config, tokens)
+                await trio.to_thread.run_sync(
+                    verify, delegations, account, config, tokens, frozenset(targets)
+                )
+            except InputError:
+                raise
             except ValueError as exc:
                 raise InputError(f"--delegation {args.delegation}: {exc}") from None
             except VerifierUnavailable as exc:
                 return _fail(exc, exitcodes.UNAVAILABLE)
-        portfolio = await db.add_portfolio(
-            args.name,
-            account,
-            chain_id=config.chain.chain_id,
-            targets=targets,
-            delegation=delegations,
-            owner=owner,
-        )
+        try:
+            portfolio = await db.add_portfolio(
+                args.name,
+                account,
+                chain_id=config.chain.chain_id,
+                targets=targets,
+                delegation=delegations,
+                owner=owner,
+            )
+        except ConstraintViolation as exc:
+            if exc.constraint != ONE_PORTFOLIO_PER_ACCOUNT:
+                raise
+            # Another `portfolio add` for this account committed since the check above.
+            raced = await db.active_portfolio_on(config.chain.chain_id, account)
+            if raced is None:
+                raise
+            raise InputError(_account_taken(account, raced, config.chain.chain_id)) from None
         print(f"added portfolio {portfolio.name} (id {portfolio.id}) for {portfolio.smart_account}")
         return exitcodes.OK
 
     return _with_database(config, work)
+
+
+ONE_PORTFOLIO_PER_ACCOUNT: Final = "portfolio_one_active_per_account"
+"""The unique index behind the rule (migration 0005)."""
+
+
+def _account_taken(account: str, existing: Portfolio, chain_id: int) -> str:
+    return (
+        f"--account {account}: already has the active portfolio {existing.name!r} (id "
+        f"{existing.id}) on chain {chain_id}; one account runs one portfolio (two would trade "
+        f"against each other). Deactivate it first: driftd portfolio deactivate {existing.name}"
+    )
 
 
 def cmd_portfolio_list(args: argparse.Namespace, config: Config) -> int:

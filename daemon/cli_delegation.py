@@ -41,7 +41,7 @@ from daemon.chain import (
     encode_call,
     to_address,
 )
-from daemon.config import Config, GuardConfig
+from daemon.config import Config, GuardConfig, checked_address
 from daemon.delegation import (
     Caveat,
     Delegation,
@@ -229,9 +229,9 @@ def resolve_tokens(specs: Sequence[str], lookup: TokenLookup) -> dict[str, str]:
             raise UsageError(f"--token {spec!r}: missing symbol")
         if address:
             try:
-                tokens[symbol] = to_address(address.strip())
-            except ValueError:
-                raise UsageError(f"--token {spec!r}: {address!r} is not an address") from None
+                tokens[symbol] = checked_address(address)
+            except ValueError as exc:
+                raise UsageError(f"--token {spec!r}: {exc}") from None
             continue
         found = lookup(symbol)
         if found is None:
@@ -245,9 +245,9 @@ def resolve_tokens(specs: Sequence[str], lookup: TokenLookup) -> dict[str, str]:
 
 def _address_argument(value: str, what: str) -> str:
     try:
-        return to_address(value)
-    except ValueError:
-        raise UsageError(f"{what}: {value!r} is not a 0x-prefixed 20-byte address") from None
+        return checked_address(value)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def _delegate(args: argparse.Namespace, config: Config) -> str | None:

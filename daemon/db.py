@@ -1057,6 +1057,22 @@ class Database:
         """What the supervisor runs an actor for (the daemon passes its chain id)."""
         return await self.portfolios(active_only=True, chain_id=chain_id)
 
+    async def active_portfolio_on(self, chain_id: int, smart_account: str) -> Portfolio | None:
+        """The active portfolio of ``smart_account`` (any letter case) on ``chain_id``, if any.
+
+        At most one exists: the index ``portfolio_one_active_per_account`` (migration 0005)."""
+
+        async def work(conn: asyncpg.Connection) -> Portfolio | None:
+            found = await _load_portfolios(
+                conn,
+                "p.is_active AND p.chain_id = $1 AND lower(p.smart_account) = lower($2)",
+                chain_id,
+                smart_account,
+            )
+            return min(found, key=lambda p: p.id) if found else None
+
+        return await self._unit(work, transaction=False)
+
     async def set_portfolio_paused(self, key: int | str, paused: bool) -> Portfolio:
         """``driftd pause`` / ``resume``: durable, announced on :data:`PORTFOLIO_CHANNEL`."""
         return await self._set_portfolio_flag(key, "is_paused", paused)

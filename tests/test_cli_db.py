@@ -1,22 +1,42 @@
-"""Tests of the database subcommands: migrate, token, portfolio."""
+"""Tests of the database subcommands: migrate, token, portfolio.
+
+``token add`` reads the token from the chain (issue 12), so these run against the devnet's
+tokens; ``portfolio add`` here uses a stand-in verifier (the real one: test_registration.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import trio
 
 from daemon import cli_db, exitcodes
-from daemon.config import Config, parse_config
-from daemon.db import Token, load_migrations
+from daemon.config import Config, DatabaseConfig, parse_config
+from daemon.db import ConstraintViolation, Token, load_migrations
+from daemon.devnet import Devnet
 from daemon.pgserver import free_port
 
 ACCOUNT = "0x" + "ab" * 20
-WETH = "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2"
-USDC = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
-FEED = "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"  # Chainlink ETH / USD on mainnet
+OTHER_ACCOUNT = "0x" + "cd" * 20
+WETH = ""
+USDC = ""
+FEED = ""
+
+
+@pytest.fixture(autouse=True)
+def _devnet_tokens(devnet: Devnet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WETH, USDC and the WETH feed are the devnet's (``token add`` checks them on chain)."""
+    monkeypatch.setitem(globals(), "WETH", devnet.token("WETH").address)
+    monkeypatch.setitem(globals(), "USDC", devnet.token("USDC").address)
+    monkeypatch.setitem(globals(), "FEED", devnet.feeds["WETH"])
+
+
+def _accept(*args: object) -> None:
+    """A verifier that accepts everything (the real one is tested in test_registration.py)."""
 
 
 def _delegation(**overrides: object) -> dict[str, object]:
@@ -45,8 +65,10 @@ def _run(config: Config, *argv: str, **kwargs: object) -> int:
 
 
 @pytest.fixture
-def config(db_url: str) -> Config:
-    return parse_config({}, {"DRIFTD_DATABASE_URL": db_url})
+def config(db_url: str, devnet: Devnet) -> Config:
+    return parse_config(
+        {"chain": devnet.config_overrides()["chain"]}, {"DRIFTD_DATABASE_URL": db_url}
+    )
 
 
 @pytest.fixture
@@ -118,7 +140,7 @@ def test_portfolio_lifecycle(
     # Without a verifier, delegations are never registered.
     assert _run(config, *argv) == exitcodes.DATA_ERROR
     assert "no delegation verifier" in capsys.readouterr().err
-    code = _run(config, *argv, verify_delegation=lambda d, a, c, t: None)
+    code = _run(config, *argv, verify_delegation=_accept)
     assert code == exitcodes.OK
     captured = capsys.readouterr()
     assert "added portfolio main" in captured.out
@@ -234,12 +256,16 @@ def test_verifier_seam(
     config: Config, delegation_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _register_tokens(config)
-    seen: list[tuple[int, str, list[str]]] = []
+    seen: list[tuple[int, str, list[str], list[str]]] = []
 
     def reject(
-        delegations: list[dict[str, object]], account: str, cfg: Config, tokens: list[Token]
+        delegations: list[dict[str, object]],
+        account: str,
+        cfg: Config,
+        tokens: list[Token],
+        targets: frozenset[str],
     ) -> None:
-        seen.append((len(delegations), account, [t.symbol for t in tokens]))
+        seen.append((len(delegations), account, [t.symbol for t in tokens], sorted(targets)))
         raise ValueError("signature does not recover to the delegator")
 
     args = [
@@ -255,9 +281,9 @@ def test_verifier_seam(
     ]
     assert _run(config, *args, verify_delegation=reject) == exitcodes.DATA_ERROR
     assert "signature does not recover" in capsys.readouterr().err
-    # The guard's token set: the portfolio's tokens, then the quote token.
-    assert seen == [(1, cli_db.parse_address(ACCOUNT, "x"), ["WETH", "USDC"])]
-    assert _run(config, *args, verify_delegation=lambda d, a, c, t: None) == exitcodes.OK
+    # The guard's token set: the portfolio's tokens, then the quote token; the targets apart.
+    assert seen == [(1, cli_db.parse_address(ACCOUNT, "x"), ["WETH", "USDC"], ["WETH"])]
+    assert _run(config, *args, verify_delegation=_accept) == exitcodes.OK
 
 
 def test_unreachable_database_exits_69(capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,3 +313,134 @@ def test_unmigrated_database_exits_78(
         assert _run(config, "token", "list") == exitcodes.OK
     finally:
         trio.run(drop_database, pg_admin_url, "driftd_cli_empty")
+
+
+# --- issue 12: one active portfolio per account ------------------------------------------------
+
+
+def _add(config: Config, tmp_path: Path, name: str, account: str, *targets: str) -> int:
+    """``portfolio add`` with a shape-valid delegation file from ``account`` (and a verifier
+    that accepts it: the one-portfolio rule comes before the delegation checks)."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps([_delegation(delegator=account)]))
+    argv = ["portfolio", "add", name, "--account", account, "--target", *(targets or ("WETH=1",))]
+    return _run(config, *argv, "--delegation", str(path), verify_delegation=_accept)
+
+
+@pytest.mark.timeout(60)
+def test_a_second_active_portfolio_on_one_account_is_refused(
+    config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding: a second portfolio on an account that already has one was accepted, and the two
+    actors traded against each other (31 swaps in 30 s at cooldown 0)."""
+    _register_tokens(config)
+    assert _add(config, tmp_path, "first", ACCOUNT, "WETH=0.5", "USDC=0.5") == exitcodes.OK
+    capsys.readouterr()
+    # Other targets, same account: refused, naming the portfolio that has it.
+    assert _add(config, tmp_path, "second", ACCOUNT) == exitcodes.DATA_ERROR
+    err = capsys.readouterr().err
+    assert (
+        f"--account {cli_db.parse_address(ACCOUNT, 'x')}: already has the active portfolio" in err
+    )
+    assert "'first' (id 1)" in err
+    assert "driftd portfolio deactivate first" in err
+    # The same account spelled in upper case is the same account.
+    upper = "0x" + ACCOUNT[2:].upper()
+    assert _add(config, tmp_path, "third", upper) == exitcodes.DATA_ERROR
+    assert "'first'" in capsys.readouterr().err
+    # Another account is fine; after deactivating the first, its account is free again.
+    assert _add(config, tmp_path, "other", OTHER_ACCOUNT) == exitcodes.OK
+    assert _run(config, "portfolio", "deactivate", "first") == exitcodes.OK
+    assert _add(config, tmp_path, "second", ACCOUNT) == exitcodes.OK
+    capsys.readouterr()
+    assert _run(config, "portfolio", "list", "--json") == exitcodes.OK
+    listed = {p["name"]: p["is_active"] for p in json.loads(capsys.readouterr().out)}
+    assert listed == {"first": False, "other": True, "second": True}
+
+
+async def test_the_database_refuses_a_second_active_portfolio_on_one_account(
+    db_config: DatabaseConfig,
+) -> None:
+    """No path around the CLI creates it: the unique index of migration 0005."""
+    from daemon.db import open_database
+
+    delegation = [_delegation()]
+    with trio.fail_after(20):
+        async with open_database(db_config) as db:
+            await db.add_token("WETH", WETH, chain_id=1, decimals=18)
+            first = await db.add_portfolio(
+                "first", ACCOUNT, chain_id=1, targets={"WETH": Decimal(1)}, delegation=delegation
+            )
+            for spelling in (ACCOUNT, "0x" + ACCOUNT[2:].upper()):
+                with pytest.raises(ConstraintViolation) as info:
+                    await db.add_portfolio(
+                        "second",
+                        spelling,
+                        chain_id=1,
+                        targets={"WETH": Decimal(1)},
+                        delegation=delegation,
+                    )
+                assert info.value.constraint == "portfolio_one_active_per_account"
+            # Another chain, or once the first is deactivated: allowed.
+            await db.add_portfolio(
+                "elsewhere",
+                ACCOUNT,
+                chain_id=5,
+                targets={"WETH": Decimal(1)},
+                delegation=delegation,
+            )
+            await db.set_portfolio_active(first.id, False)
+            later = await db.add_portfolio(
+                "later", ACCOUNT, chain_id=1, targets={"WETH": Decimal(1)}, delegation=delegation
+            )
+            with pytest.raises(ConstraintViolation):  # reactivation is the same rule
+                await db.set_portfolio_active(first.id, True)
+            await db.set_portfolio_active(later.id, False)
+            await db.set_portfolio_active(first.id, True)
+            found = await db.active_portfolio_on(1, "0x" + ACCOUNT[2:].upper())
+            assert found is not None
+            assert found.name == "first"
+
+
+async def test_migration_0005_keeps_the_oldest_of_existing_duplicates(pg_admin_url: str) -> None:
+    """Rows written before the index: the first-registered portfolio of each account stays
+    active, the later ones are deactivated (not deleted); then the index is in place."""
+    from daemon.db import create_database, drop_database, open_database
+
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 5]
+    name = "driftd_cli_mig5"
+    url = await create_database(pg_admin_url, name, drop_existing=True)
+    try:
+        with trio.fail_after(30):
+            async with open_database(DatabaseConfig(url=url, max_connections=2)) as db:
+                await db.migrate(before)
+                await db.add_token("WETH", "0x" + "11" * 20, chain_id=1, decimals=18)
+                delegation = [_delegation()]
+                for portfolio, account in (
+                    ("a-first", ACCOUNT),
+                    ("b-other", OTHER_ACCOUNT),
+                    ("c-second", "0x" + ACCOUNT[2:].upper()),
+                    ("d-third", ACCOUNT),
+                ):
+                    await db.add_portfolio(
+                        portfolio,
+                        account,
+                        chain_id=1,
+                        targets={"WETH": Decimal(1)},
+                        delegation=delegation,
+                    )
+                assert [m.version for m in await db.migrate(migrations)] == [
+                    m.version for m in migrations if m.version >= 5
+                ]
+                active = {p.name: p.is_active for p in await db.portfolios()}
+                assert active == {
+                    "a-first": True,
+                    "b-other": True,
+                    "c-second": False,
+                    "d-third": False,
+                }
+                with pytest.raises(ConstraintViolation):
+                    await db.set_portfolio_active("d-third", True)
+    finally:
+        await drop_database(pg_admin_url, name)

@@ -643,7 +643,7 @@ async def test_recovery_sees_only_its_own_signers_pending_rows(db: Database) -> 
     portfolio_id = await _seed(db)
     other = await db.add_portfolio(
         "other",
-        ACCOUNT,
+        "0x" + "77" * 20,  # one active portfolio per account
         chain_id=1,
         targets={"WETH": Decimal("1")},
         delegation=DELEGATION,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from daemon_harness import (
     run_cli,
     write_toml,
 )
+from test_daemon import evaluated, running_daemon, wait_for
 
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig, GuardConfig
+from daemon.db import Allocation, Portfolio, Token, open_database
 from daemon.delegation import (
     Delegation,
     DelegationDomain,
@@ -26,6 +30,7 @@ from daemon.delegation import (
     sign_delegation,
 )
 from daemon.devnet import Devnet, SmartAccount, devnet_key
+from daemon.registration import one_actor_per_account, portfolios_to_hold
 
 
 def _with_signer(devnet: Devnet, account: SmartAccount, signer_label: str) -> SmartAccount:
@@ -209,3 +214,133 @@ async def test_revoked_delegations_are_refused(
             devnet, tmp_path, delegate=devnet.signer, signer_label="owner", name="new", nonce=1
         )
         assert await add(devnet, config, fresh, env) == 0
+
+
+async def test_the_daemon_runs_one_actor_per_account(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    tmp_path: Path,
+) -> None:
+    """Finding: two active portfolios on one smart account ran as two actors that traded
+    against each other. Rows written before migration 0005's index (here: the index dropped,
+    rows inserted behind the CLI's back): the daemon runs the first and marks the later one
+    invalid, naming the first."""
+
+    env = {"DRIFTD_SIGNER_KEY": devnet.signer_key.reveal()}
+    config = write_toml(tmp_path / "c.toml", daemon_document(devnet, db_config))
+    account = devnet.accounts[0]
+    with trio.fail_after(60):
+        await register_tokens(devnet, config, env)
+        async with open_database(db_config) as db:
+            await db.execute("DROP INDEX IF EXISTS portfolio_one_active_per_account")
+            for name, targets in (
+                ("first", {"USDC": "0.5", "WETH": "0.5"}),
+                ("second", {"USDC": "0.2", "WETH": "0.8"}),
+            ):
+                signed = guarded_delegations(devnet, account, list(targets))
+                await db.add_portfolio(
+                    name,
+                    account.address,
+                    chain_id=devnet.chain_id,
+                    targets={symbol: Decimal(weight) for symbol, weight in targets.items()},
+                    delegation=[d.to_json() for d in signed],
+                )
+            assert {p.name for p in await db.active_portfolios()} == {"first", "second"}
+            async with running_daemon(devnet, db_config) as daemon:
+                await wait_for(lambda: evaluated(daemon, "first", 2), "first's evaluations")
+                actors = set(daemon.supervisor.actors)
+                reason = daemon.invalid.get("second", "")
+    assert actors == {"first"}
+    assert reason.startswith(
+        f"account {account.address} on chain {devnet.chain_id} already runs portfolio 'first'"
+    )
+    assert "driftd portfolio deactivate second" in reason
+
+
+def test_wallet_mode_portfolios_share_the_signers_account() -> None:
+    """In wallet mode every portfolio trades from the signer's own address, whatever
+    ``--account`` it was registered with: only the first runs."""
+    now = datetime.now(UTC)
+
+    def row(portfolio_id: int, name: str, account: str, chain_id: int = 1) -> Portfolio:
+        return Portfolio(
+            id=portfolio_id,
+            name=name,
+            smart_account=account,
+            chain_id=chain_id,
+            owner=None,
+            is_active=True,
+            delegation=[],
+            allocations=(),
+            created_at=now,
+            updated_at=now,
+        )
+
+    signer = "0x" + "55" * 20
+    rows = [row(3, "c", "0x" + "cc" * 20), row(1, "a", "0x" + "aa" * 20), row(2, "b", signer)]
+    held = one_actor_per_account(rows, wallet_signer=signer)
+    assert sorted(held) == ["b", "c"]
+    assert held["c"].startswith(f"account {signer} on chain 1 already runs portfolio 'a' (id 1)")
+    # Smart accounts: only the same account (any letter case) on the same chain collides.
+    rows += [row(4, "d", "0x" + "AA" * 20), row(5, "e", "0x" + "aa" * 20, chain_id=5)]
+    assert sorted(one_actor_per_account(rows)) == ["d"]
+
+
+async def test_the_daemon_holds_back_delegations_that_miss_a_token(
+    chain: ChainClient, devnet: Devnet
+) -> None:
+    """A row registered before `portfolio add` checked coverage (or written behind its back):
+    its approve delegation cannot approve WETH, so every rebalance selling WETH would fail (a
+    FAILED row on every tick). The reconcile holds it back with the reason instead."""
+    account = devnet.accounts[0]
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    narrow = build_portfolio_delegations(
+        account=account.address,
+        delegate=devnet.signer,
+        router=devnet.router,
+        tokens=[devnet.token("USDC").address],
+        enforcers=devnet.delegation_config(),
+        salt=77,
+    )
+    signed = [sign_delegation(d, domain, account.owner_key).to_json() for d in narrow.as_list()]
+    now = datetime.now(UTC)
+    tokens = {
+        token.symbol: Token(
+            id=index,
+            symbol=token.symbol,
+            address=token.address,
+            chain_id=devnet.chain_id,
+            decimals=token.decimals,
+            coingecko_id=None,
+            is_quote=token.symbol == devnet.quote_symbol,
+        )
+        for index, token in enumerate(devnet.tokens, start=1)
+    }
+    row = Portfolio(
+        id=1,
+        name="narrow",
+        smart_account=account.address,
+        chain_id=devnet.chain_id,
+        owner=None,
+        is_active=True,
+        delegation=signed,
+        allocations=tuple(
+            Allocation(tokens[symbol], Decimal("0.5")) for symbol in ("USDC", "WETH")
+        ),
+        created_at=now,
+        updated_at=now,
+    )
+    decimals: dict[str, int] = {}
+    with trio.fail_after(20):
+        held = await portfolios_to_hold(
+            chain,
+            [row],
+            list(tokens.values()),
+            enforcers=devnet.delegation_config(),
+            wallet_signer=None,
+            onchain_decimals=decimals,
+        )
+    assert held["narrow"].startswith("approve: does not cover the portfolio's token(s) WETH")
+    # The decimals of every registered token were read (one batch) and agree with the registry.
+    assert decimals == {t.address: t.decimals for t in devnet.tokens}
