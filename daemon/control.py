@@ -180,6 +180,7 @@ class DaemonControls:
             database_error=daemon.probes.database_error,
             chain_error=daemon.probes.chain_error,
             chain_id=config.chain.chain_id,
+            max_head_age=config.prices.max_head_age or None,
             trio_now=trio.current_time(),
             pid=os.getpid(),
         )

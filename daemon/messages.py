@@ -41,9 +41,14 @@ class PricePoint:
     symbol: str
     usd: Decimal
     observed_at: datetime
-    """When the source says the price was current (CoinGecko's last_updated_at, block time)."""
+    """When the source says the price was current: CoinGecko's ``last_updated_at``; for a router
+    price the time it was read (reserves hold until the next block — if the node's head is
+    current, which :attr:`block_timestamp` tells)."""
     source: PriceSourceName
     block_number: int | None = None
+    block_timestamp: datetime | None = None
+    """Router prices: the timestamp of the block they were read at. A node stuck on an old head
+    serves old reserves as if they were current; ``prices.max_head_age`` judges this."""
 
 
 @attrs.frozen
@@ -56,18 +61,23 @@ class PriceSnapshot:
     health: Mapping[str, str] = attrs.Factory(dict)
     """Tokens marked unhealthy by the feed (e.g. oracle/router divergence), with the status."""
     problems: tuple[str, ...] = ()
-    """Why some tokens have no price in this snapshot."""
+    """Why some tokens have no price in this snapshot (or are unhealthy), each ``SYMBOL: …``."""
+    max_head_age: float | None = None
+    """``prices.max_head_age`` when the snapshot was taken: a price read at a block older than
+    this is stale (None: block age not judged — an idle devnet mines no blocks)."""
 
     def usable_prices(
         self, symbols: list[str], now: datetime, max_age: float
     ) -> dict[str, Decimal] | str:
-        """USD prices of ``symbols`` if every one is present, fresh, positive and finite;
-        otherwise the reason there is no trade (naming the token)."""
+        """USD prices of ``symbols`` if every one is present, fresh, positive and finite and, for
+        router prices, read at a head younger than :attr:`max_head_age`; otherwise the reason
+        there is no trade (naming the token)."""
         out: dict[str, Decimal] = {}
         for symbol in symbols:
             point = self.prices.get(symbol)
             if point is None:
-                return f"No trade: price for {symbol} is missing"
+                why = next((p for p in self.problems if p.startswith(f"{symbol}: ")), None)
+                return f"No trade: price for {symbol} is missing" + (f" ({why})" if why else "")
             if not point.usd.is_finite() or point.usd <= 0:
                 return f"No trade: price for {symbol} is invalid: {point.usd}"
             age = (now - point.observed_at).total_seconds()
@@ -76,6 +86,14 @@ class PriceSnapshot:
                     f"No trade: price for {symbol} is stale "
                     f"({math.floor(age)} s old, max_age {math.floor(max_age)} s)"
                 )
+            if point.block_timestamp is not None and self.max_head_age:
+                head_age = (now - point.block_timestamp).total_seconds()
+                if head_age > self.max_head_age:
+                    return (
+                        f"No trade: price for {symbol} is stale (read at block "
+                        f"{point.block_number}, {math.floor(head_age)} s old, max_head_age "
+                        f"{math.floor(self.max_head_age)} s)"
+                    )
             out[symbol] = point.usd
         return out
 

@@ -88,6 +88,7 @@ class Metrics:
         self._gas_usd_total = 0.0
         self._traded_usd_total = 0.0
         self._last_tick: float | None = None
+        self._price_head: float | None = None
         registry = self.registry
 
         Info("driftd_build", "The running driftd.", registry=registry).info({"version": version})
@@ -166,6 +167,17 @@ class Metrics:
             "Seconds since the last successful price tick (NaN before the first).",
             registry=registry,
         ).set_function(self._tick_age)
+        self.price_head_timestamp = Gauge(
+            "driftd_price_head_block_timestamp_seconds",
+            "Timestamp of the block the latest router prices were read at.",
+            registry=registry,
+        )
+        Gauge(
+            "driftd_price_head_block_age_seconds",
+            "Seconds since the timestamp of the block the latest router prices were read at "
+            "(NaN without router prices); prices.max_head_age judges it.",
+            registry=registry,
+        ).set_function(self._head_age)
         Gauge(
             "driftd_rebalance_success_ratio",
             f"SUCCESS / (SUCCESS + FAILED) over the last {RECENT_WINDOW} attempts (NaN if none).",
@@ -263,6 +275,11 @@ class Metrics:
         self._last_tick = self._now() if at is None else at
         self.last_tick_timestamp.set(self._last_tick)
 
+    def price_head(self, block_timestamp: float) -> None:
+        """Router prices were read at a block with this Unix timestamp."""
+        self._price_head = block_timestamp
+        self.price_head_timestamp.set(block_timestamp)
+
     def price_tick_failed(self, source: str) -> None:
         self.price_tick_failures.labels(source=source).inc()
 
@@ -291,6 +308,9 @@ class Metrics:
 
     def _tick_age(self) -> float:
         return math.nan if self._last_tick is None else max(0.0, self._now() - self._last_tick)
+
+    def _head_age(self) -> float:
+        return math.nan if self._price_head is None else max(0.0, self._now() - self._price_head)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -6,20 +6,33 @@ freshness happens on the reading side (:meth:`PriceSnapshot.usable_prices`) agai
 clock, so a feed that stops ticking makes prices stale instead of silently trusted.
 
 Sources (``prices.source``): ``oracle`` (CoinGecko, :mod:`daemon.coingecko`) and ``router``
-(Uniswap V2 spot prices in the quote token). With ``prices.cross_check`` the other source is
-fetched too and a token whose two prices diverge by more than ``prices.max_divergence`` is marked
-``DIVERGED`` — unhealthy, so the engine neither buys nor sells it.
+(Uniswap V2 spot prices in the quote token, stamped with the block they were read at).
+
+No trade on bad data. Every price the primary source gives is checked before it is published
+(:func:`price_refusal`): zero, negative, NaN, infinite, above ``prices.max_price_usd``, or more
+than ``prices.max_move_factor`` times up or down from the token's last accepted price is refused —
+left out of the snapshot with a problem line and a ``price_refused`` warning naming the token and
+both prices — so only the portfolios holding that token skip. A refused move stays refused until
+the price comes back within the factor (or the factor is raised: it is live on SIGHUP). With
+``prices.cross_check`` the other source is fetched too: a token it prices more than
+``prices.max_divergence`` away is ``DIVERGED``; a token it cannot price (no price, an invalid or
+stale one, or the whole source failed) is ``UNVERIFIED``. Both are unhealthy: the engine neither
+buys nor sells them. Router prices read at a head older than ``prices.max_head_age`` are stale.
 
 A failing source never kills the feed: the tick is logged and skipped (the previous snapshot
-ages into staleness); HTTP 429 waits as long as the source asks.
+ages into staleness); HTTP 429 waits as long as the source asks. Once some token has had no usable
+price for longer than ``prices.max_age`` — the source is down, or answers without it — the feed
+raises ``PRICE_STALE`` (repeats are suppressed by the alert sink) and logs
+``price_feed_fresh_again`` when every token is usable again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
 import trio
@@ -32,6 +45,8 @@ from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
 from daemon.uniswap import InsufficientLiquidity, NoRoute, UniswapV2, spot_price
 
 DIVERGED = "DIVERGED"
+UNVERIFIED = "UNVERIFIED"
+"""With cross-checking: the second source has no usable price for the token."""
 
 
 class PriceSource(Protocol):
@@ -58,14 +73,83 @@ class OracleSource:
         return prices, missing + problems
 
 
+@attrs.define
+class FeedSettings:
+    """The live-reloadable part of the feed's configuration."""
+
+    poll_interval: float = 30.0
+    max_divergence: Decimal = Decimal("0.05")
+    max_age: float = 300.0
+    max_head_age: float = 0.0
+    """Router prices read at a block older than this are stale; 0: not judged."""
+    max_price_usd: Decimal = Decimal(1_000_000_000)
+    max_move_factor: Decimal = Decimal(10)
+
+
+def price_refusal(usd: Decimal, previous: Decimal | None, settings: FeedSettings) -> str | None:
+    """Why ``usd`` must not be used (None: it may). ``previous`` is the token's last accepted
+    price from the same source (None: no comparison, e.g. the first tick after a start)."""
+    if usd.is_nan():
+        return "not a number"
+    if usd.is_infinite():
+        return "infinite"
+    if usd == 0:
+        return "zero"
+    if usd < 0:
+        return "negative"
+    if usd > settings.max_price_usd:
+        return f"above prices.max_price_usd ({settings.max_price_usd:f})"
+    if previous is not None and previous > 0:
+        factor = settings.max_move_factor
+        if usd > previous * factor or usd * factor < previous:
+            ratio = usd / previous
+            return (
+                f"moved {float(ratio):.4g}x from the last accepted price in one poll "
+                f"(prices.max_move_factor {factor})"
+            )
+    return None
+
+
+def _head_age(point: PricePoint, now: datetime) -> float | None:
+    if point.block_timestamp is None:
+        return None
+    return (now - point.block_timestamp).total_seconds()
+
+
+def _unusable_reference(
+    point: PricePoint, now: datetime, settings: FeedSettings, source: str
+) -> str | None:
+    """Why the cross-check source's ``point`` cannot verify anything (None: it can)."""
+    refusal = price_refusal(point.usd, None, settings)
+    if refusal is not None:
+        return f"{source} price {point.usd} is {refusal}"
+    age = (now - point.observed_at).total_seconds()
+    if age > settings.max_age:
+        return (
+            f"{source} price is {math.floor(age)} s old (max_age {math.floor(settings.max_age)} s)"
+        )
+    head_age = _head_age(point, now)
+    if settings.max_head_age and head_age is not None and head_age > settings.max_head_age:
+        return (
+            f"{source} price was read at block {point.block_number}, {math.floor(head_age)} s "
+            f"old (max_head_age {math.floor(settings.max_head_age)} s)"
+        )
+    return None
+
+
 def divergent_tokens(
     primary: Mapping[str, PricePoint], secondary: Mapping[str, PricePoint], max_divergence: Decimal
 ) -> dict[str, str]:
-    """Tokens whose two prices differ by more than ``max_divergence`` (relative to the smaller)."""
+    """Tokens whose two prices differ by more than ``max_divergence`` (relative to the smaller).
+
+    Tokens without a second price are not judged here (see :func:`cross_check`)."""
     health: dict[str, str] = {}
     for symbol, point in primary.items():
         other = secondary.get(symbol)
         if other is None:
+            continue
+        if not (point.usd.is_finite() and other.usd.is_finite()):
+            health[symbol] = DIVERGED
             continue
         low = min(point.usd, other.usd)
         if low <= 0 or abs(point.usd - other.usd) / low > max_divergence:
@@ -73,12 +157,46 @@ def divergent_tokens(
     return health
 
 
-@attrs.define
-class FeedSettings:
-    """The live-reloadable part of the feed's configuration."""
-
-    poll_interval: float = 30.0
-    max_divergence: Decimal = Decimal("0.05")
+def cross_check(
+    primary: Mapping[str, PricePoint],
+    secondary: Mapping[str, PricePoint],
+    secondary_problems: list[str],
+    secondary_name: str,
+    settings: FeedSettings,
+    now: datetime,
+) -> tuple[dict[str, str], list[str]]:
+    """Health of each primary price against the second source, and a problem line for each
+    unhealthy token (``SYMBOL: …``): ``UNVERIFIED`` without a usable second price, ``DIVERGED``
+    when the two differ by more than ``max_divergence``."""
+    health: dict[str, str] = {}
+    problems: list[str] = []
+    usable: dict[str, PricePoint] = {}
+    for symbol in primary:
+        other = secondary.get(symbol)
+        why: str | None
+        if other is None:
+            why = next(
+                (
+                    p.removeprefix(f"{symbol}: ")
+                    for p in secondary_problems
+                    if p.startswith(f"{symbol}: ")
+                ),
+                f"{secondary_name} has no price for it",
+            )
+        else:
+            why = _unusable_reference(other, now, settings, secondary_name)
+            if why is None:
+                usable[symbol] = other
+                continue
+        health[symbol] = UNVERIFIED
+        problems.append(f"{symbol}: {UNVERIFIED}, not traded: {why}")
+    for symbol in divergent_tokens(primary, usable, settings.max_divergence):
+        health[symbol] = DIVERGED
+        problems.append(
+            f"{symbol}: {DIVERGED}, not traded: {primary[symbol].source} {primary[symbol].usd} vs "
+            f"{secondary_name} {usable[symbol].usd} (max_divergence {settings.max_divergence})"
+        )
+    return health, problems
 
 
 async def run_price_feed(
@@ -91,30 +209,37 @@ async def run_price_feed(
     settings: Callable[[], FeedSettings],
     now: Callable[[], datetime],
     on_tick: Callable[[PriceSnapshot | None], None] = lambda snapshot: None,
+    alert: Callable[[str, Mapping[str, Any]], None] = lambda kind, fields: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Poll forever. ``started()`` after the first tick was attempted (success or not).
 
     ``on_tick`` hears about every attempt: the published snapshot, or None when it failed
-    (liveness and metrics)."""
+    (liveness and metrics). ``alert`` raises ``PRICE_STALE`` (see :class:`StaleWatch`)."""
     log = get_logger(actor="price_feed", source=primary.name)
     started = False
+    accepted: dict[str, Decimal] = {}
+    watch = StaleWatch(since=now())
     while True:
-        wait = settings().poll_interval
+        current = settings()
+        wait = current.poll_interval
+        error: str | None = None
+        tokens = await load_tokens()
         try:
-            snapshot = await poll_once(
-                primary, secondary, await load_tokens(), settings().max_divergence, now
-            )
+            snapshot = await poll_once(primary, secondary, tokens, current, now, accepted)
         except RateLimited as exc:
             log.warning("price_source_rate_limited", retry_after=exc.retry_after)
             wait = max(wait, exc.retry_after)
+            error = str(exc)
             on_tick(None)
         except PriceSourceError as exc:
             log.warning("price_tick_failed", error=str(exc))
+            error = str(exc)
             on_tick(None)
         else:
             await store(list(snapshot.prices.values()))
             snapshots.publish(snapshot)
+            accepted.update({symbol: point.usd for symbol, point in snapshot.prices.items()})
             on_tick(snapshot)
             log.info(
                 "price_tick",
@@ -122,37 +247,131 @@ async def run_price_feed(
                 problems=list(snapshot.problems),
                 unhealthy=dict(snapshot.health),
             )
+        stale = watch.observe(
+            snapshots.value, [t.symbol for t in tokens], now(), current.max_age, error
+        )
+        if stale:
+            alert("PRICE_STALE", {"source": primary.name, **stale})
+        elif watch.recovered:
+            log.info("price_feed_fresh_again", after_seconds=round(watch.recovered, 1))
         if not started:
             task_status.started()
             started = True
         await trio.sleep(wait)
 
 
+@attrs.define
+class StaleWatch:
+    """When to raise ``PRICE_STALE`` for the feed as a whole.
+
+    A token is stale once it has had no usable price (present, refused by nobody, fresh by
+    :meth:`PriceSnapshot.usable_prices`) for longer than ``max_age``: every tick failed (an
+    outage), the source answered without it, or with old prices only. The portfolio actors alert
+    too, but only when a new snapshot makes them evaluate — a feed that publishes nothing never
+    does."""
+
+    since: datetime
+    """When watching began: a token never priced counts as unusable since then."""
+    usable_at: dict[str, datetime] = attrs.Factory(dict)
+    stale_since: datetime | None = None
+    recovered: float | None = None
+    """After :meth:`observe` found the feed usable again: for how long it was stale."""
+
+    def observe(
+        self,
+        snapshot: PriceSnapshot | None,
+        symbols: list[str],
+        now: datetime,
+        max_age: float,
+        error: str | None,
+    ) -> dict[str, str] | None:
+        """After each tick: the alert's fields while some token is stale, else None."""
+        self.recovered = None
+        reasons: dict[str, str] = {}
+        for symbol in symbols:
+            usable = snapshot.usable_prices([symbol], now, max_age) if snapshot else "no price yet"
+            if not isinstance(usable, str):
+                self.usable_at[symbol] = now
+            elif (now - self.usable_at.get(symbol, self.since)).total_seconds() > max_age:
+                reasons[symbol] = usable
+        if not reasons:
+            if self.stale_since is not None:
+                self.recovered = (now - self.stale_since).total_seconds()
+                self.stale_since = None
+            return None
+        if self.stale_since is None:
+            self.stale_since = now
+        oldest = min(self.usable_at.get(symbol, self.since) for symbol in reasons)
+        age = (now - oldest).total_seconds()
+        reason = next(iter(reasons.values()))
+        return {
+            "tokens": ", ".join(sorted(reasons)),
+            "reason": (
+                f"no usable price for {math.floor(age)} s (max_age {math.floor(max_age)} s): "
+                + (f"the source failed: {error}" if error else reason.removeprefix("No trade: "))
+            ),
+        }
+
+
 async def poll_once(
     primary: PriceSource,
     secondary: PriceSource | None,
     tokens: list[Token],
-    max_divergence: Decimal,
+    settings: FeedSettings,
     now: Callable[[], datetime],
+    previous: Mapping[str, Decimal] | None = None,
 ) -> PriceSnapshot:
-    """One tick: fetch, cross-check, and build the snapshot."""
-    prices, problems = await primary.fetch(tokens)
+    """One tick: fetch, check every price, cross-check, and build the snapshot.
+
+    ``previous`` holds each token's last accepted price (the move check's reference)."""
+    log = get_logger(actor="price_feed", source=primary.name)
+    fetched, problems = await primary.fetch(tokens)
+    previous = previous or {}
+    prices: dict[str, PricePoint] = {}
+    for symbol, point in fetched.items():
+        old = previous.get(symbol)
+        refusal = price_refusal(point.usd, old, settings)
+        if refusal is None:
+            prices[symbol] = point
+            continue
+        problems.append(f"{symbol}: price {point.usd} refused: {refusal}")
+        log.warning(
+            "price_refused",
+            token=symbol,
+            old_usd=None if old is None else str(old),
+            new_usd=str(point.usd),
+            reason=refusal,
+            block_number=point.block_number,
+        )
+    taken_at = now()
+    heads = {(p.block_number, p.block_timestamp) for p in prices.values() if p.block_timestamp}
+    for number, stamp in sorted(heads, key=lambda head: head[0] or 0):
+        age = (taken_at - stamp).total_seconds() if stamp else 0.0
+        if settings.max_head_age and age > settings.max_head_age:
+            problems.append(
+                f"{primary.name}: head block {number} is {math.floor(age)} s old (max_head_age "
+                f"{math.floor(settings.max_head_age)} s): its prices are stale"
+            )
     health: dict[str, str] = {}
     if secondary is not None:
         try:
-            other, _ = await secondary.fetch(tokens)
+            other, other_problems = await secondary.fetch(tokens)
         except PriceSourceError as exc:
             # Without the cross-check nothing can be confirmed: no token is trusted this tick.
-            problems.append(f"cross-check source failed: {exc}")
-            health = dict.fromkeys(prices, DIVERGED)
+            problems.append(f"cross-check source {secondary.name} failed: {exc}")
+            health = dict.fromkeys(prices, UNVERIFIED)
         else:
-            health = divergent_tokens(prices, other, max_divergence)
+            health, checked = cross_check(
+                prices, other, other_problems, secondary.name, settings, now()
+            )
+            problems.extend(checked)
     return PriceSnapshot(
         prices=prices,
-        taken_at=now(),
+        taken_at=taken_at,
         source=primary.name,
         health=health,
         problems=tuple(problems),
+        max_head_age=settings.max_head_age or None,
     )
 
 
@@ -161,13 +380,17 @@ class RouterSource:
     """Spot prices from the Uniswap V2 pools against the quote token (a USD stablecoin).
 
     The quote token itself is priced at 1 USD: the router cannot see a depeg, which is what the
-    cross-check against the oracle is for. A price's time is when it was read (reserves do not
-    change between blocks, so a quiet chain is not a stale one); the block number is recorded.
+    cross-check against the oracle is for. Every pool is read in one round trip together with
+    the head block; each price carries that block's number and timestamp
+    (:attr:`PricePoint.block_timestamp`), so a node stuck on an old head yields stale prices
+    (``prices.max_head_age``), not fresh ones. ``observed_at`` is the read time: reserves do not
+    change between blocks, so on a current head a quiet pool is not a stale one.
     """
 
     uniswap: UniswapV2
     now: Callable[[], datetime]
     name: PriceSourceName = "router"
+    max_batch_calls: int = 500
 
     async def fetch(self, tokens: list[Token]) -> tuple[dict[str, PricePoint], list[str]]:
         quotes = [t for t in tokens if t.is_quote]
@@ -176,23 +399,56 @@ class RouterSource:
                 f"the router source needs exactly one quote token (--quote), found {len(quotes)}"
             )
         (quote,) = quotes
-        prices: dict[str, PricePoint] = {}
         problems: list[str] = []
+        pooled: list[Token] = []
         for token in tokens:
             if token.is_quote:
                 continue
             try:
-                hops, block = await self.uniswap.reserves([token.address, quote.address])
+                if await self.uniswap.pair(token.address, quote.address) is None:
+                    raise NoRoute(f"no pair for {token.address}/{quote.address}")
             except (NoRoute, ChainError) as exc:
                 problems.append(f"{token.symbol}: no router price ({type(exc).__name__}: {exc})")
                 continue
-            ((reserve_token, reserve_quote),) = hops
+            pooled.append(token)
+        prices: dict[str, PricePoint] = {}
+        head = None
+        step = max(1, self.max_batch_calls)
+        for start in range(0, max(1, len(pooled)), step):
+            chunk = pooled[start : start + step]
             try:
-                usd = spot_price(reserve_token, reserve_quote, token.decimals, quote.decimals)
-            except InsufficientLiquidity:
-                problems.append(f"{token.symbol}: pool against {quote.symbol} has no liquidity")
-                continue
-            prices[token.symbol] = PricePoint(token.symbol, usd, self.now(), "router", block)
-        newest = max((p.block_number or 0 for p in prices.values()), default=None)
-        prices[quote.symbol] = PricePoint(quote.symbol, Decimal(1), self.now(), "router", newest)
+                head, results = await self.uniswap.reserves_at_head(
+                    [(token.address, quote.address) for token in chunk]
+                )
+            except (NoRoute, ChainError) as exc:
+                raise PriceSourceError(
+                    f"router prices unavailable ({type(exc).__name__}: {exc})"
+                ) from None
+            read_at = self.now()
+            try:
+                stamp = datetime.fromtimestamp(head.timestamp, read_at.tzinfo)
+            except (OverflowError, OSError, ValueError):
+                raise PriceSourceError(
+                    f"router prices unavailable: block {head.number} has timestamp "
+                    f"{head.timestamp}, which is not a time"
+                ) from None
+            for token, result in zip(chunk, results, strict=True):
+                if isinstance(result, ChainError):
+                    problems.append(
+                        f"{token.symbol}: no router price ({type(result).__name__}: {result})"
+                    )
+                    continue
+                reserve_token, reserve_quote = result
+                try:
+                    usd = spot_price(reserve_token, reserve_quote, token.decimals, quote.decimals)
+                except InsufficientLiquidity:
+                    problems.append(f"{token.symbol}: pool against {quote.symbol} has no liquidity")
+                    continue
+                prices[token.symbol] = PricePoint(
+                    token.symbol, usd, read_at, "router", head.number, stamp
+                )
+        assert head is not None  # the loop ran at least once
+        prices[quote.symbol] = PricePoint(
+            quote.symbol, Decimal(1), read_at, "router", head.number, stamp
+        )
         return prices, problems

@@ -21,7 +21,17 @@ from typing import Final
 import attrs
 from eth_abi.abi import decode as abi_decode
 
-from daemon.chain import ChainClient, encode_call, function_selector, to_address
+from daemon.chain import (
+    Block,
+    ChainClient,
+    ChainError,
+    RpcError,
+    RpcTransportError,
+    encode_call,
+    function_selector,
+    hex_int,
+    to_address,
+)
 
 FEE_NUMERATOR: Final = 997
 FEE_DENOMINATOR: Final = 1000
@@ -285,6 +295,64 @@ class UniswapV2:
                 (reserve0, reserve1) if to_address(token_in) == token0 else (reserve1, reserve0)
             )
         return tuple(hops), block_number
+
+    async def reserves_at_head(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[Block, list[tuple[int, int] | ChainError]]:
+        """The head block and each pair's reserves read with it, in one round trip.
+
+        For price reads: ``(reserve_a, reserve_b)`` of each ``(token_a, token_b)`` as asked, or the
+        error of that one read. The head is asked first in the same batch, so the reserves are at
+        least as new as the returned block (its timestamp is when they were current, unless a
+        block was mined within the batch). Raises :class:`NoRoute` for a pair without a pool and
+        :class:`ChainError` when the head cannot be read.
+        """
+        addresses = []
+        for token_a, token_b in pairs:
+            pair = await self.pair(token_a, token_b)
+            if pair is None:
+                raise NoRoute(f"no pair for {token_a}/{token_b}")
+            addresses.append(pair)
+        get_reserves = "0x" + function_selector("getReserves()").hex()
+        head, *results = await self.client.batch_outcomes(
+            [
+                ("eth_getBlockByNumber", ["latest", False]),
+                *(
+                    ("eth_call", [{"to": pair, "data": get_reserves}, "latest"])
+                    for pair in addresses
+                ),
+            ]
+        )
+        if isinstance(head, ChainError):
+            raise head
+        if not isinstance(head, dict):
+            raise RpcError(-32000, "the latest block was not found")
+        try:
+            block = Block(
+                number=hex_int(head["number"]),
+                timestamp=hex_int(head["timestamp"]),
+                base_fee=hex_int(head.get("baseFeePerGas") or "0x0"),
+                hash=str(head["hash"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise RpcTransportError("the latest block is malformed") from None
+        out: list[tuple[int, int] | ChainError] = []
+        for (token_a, token_b), raw in zip(pairs, results, strict=True):
+            if isinstance(raw, ChainError):
+                out.append(raw)
+                continue
+            try:
+                reserve0, reserve1, _ = abi_decode(
+                    ["uint112", "uint112", "uint32"], bytes.fromhex(str(raw)[2:])
+                )
+            except Exception:  # noqa: BLE001 - any undecodable answer is a bad read
+                out.append(RpcTransportError("getReserves() answered undecodable data"))
+                continue
+            token0, _ = sort_tokens(token_a, token_b)
+            out.append(
+                (reserve0, reserve1) if to_address(token_a) == token0 else (reserve1, reserve0)
+            )
+        return block, out
 
     async def quote(self, token_in: str, token_out: str, amount_in: int) -> Quote:
         """An exact quote from the pools' current reserves (equal to the router's)."""

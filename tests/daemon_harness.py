@@ -80,7 +80,8 @@ def daemon_document(devnet: Devnet, db_config: DatabaseConfig, **overrides: Any)
     document: dict[str, Any] = {
         **devnet.config_overrides(),
         "database": {"url": db_config.url},
-        "prices": {"source": "router", "poll_interval": 0.2, "max_age": 60},
+        # anvil mines only on transactions, and tests move the daemon's clock: heads look old.
+        "prices": {"source": "router", "poll_interval": 0.2, "max_age": 60, "max_head_age": 0},
         "execution": {"receipt_timeout": 10.0},
         "supervisor": {"backoff_initial": 0.05, "backoff_max": 0.2},
         "health": {"socket": ""},

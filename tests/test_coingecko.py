@@ -70,20 +70,64 @@ async def test_pro_plan_uses_the_pro_header() -> None:
     assert "x-cg-demo-api-key" not in server.requests[0].headers
 
 
-async def test_missing_and_invalid_prices_are_problems_not_prices() -> None:
+async def test_missing_and_malformed_prices_are_problems_invalid_numbers_are_passed_on() -> None:
+    """A missing id or a value that is not a number is a problem line; a number that makes no
+    sense as a price (0, negative) is passed on as it is: the feed refuses it with a logged
+    reason (tests/test_price_checks.py)."""
+
     async def handler(request: Request) -> Response:
         body = {
             "weth": {"usd": 0, "last_updated_at": 1},
-            "wrapped-bitcoin": {"usd": -5, "last_updated_at": 1},
+            "wrapped-bitcoin": {"usd": "-5", "last_updated_at": 1},
         }
         return Response(body=json.dumps(body).encode())
 
     with trio.fail_after(10):
         async with loopback_http(handler) as server, httpx.AsyncClient() as client:
             prices, problems = await CoinGeckoSource(client, server.url).fetch(IDS)
-    assert prices == {}
-    assert len(problems) == 3
-    assert any(p.startswith("USDC:") for p in problems)
+    assert prices["WETH"].usd == 0
+    assert sorted(problems) == [
+        "USDC: CoinGecko has no USD price for 'usd-coin'",
+        "WBTC: CoinGecko has no USD price for 'wrapped-bitcoin'",
+    ]
+
+
+async def test_a_slow_drip_answer_times_out() -> None:
+    """A server that never finishes its answer cannot hold the feed: the whole request is
+    bounded, not each read."""
+
+    async def handler(request: Request) -> Response:
+        await trio.sleep(5)
+        return Response(body=b"{}")
+
+    with trio.fail_after(10):
+        async with loopback_http(handler) as server, httpx.AsyncClient() as client:
+            source = CoinGeckoSource(client, server.url, timeout=0.3)
+            with pytest.raises(PriceSourceError, match=r"did not answer within 0.3 s"):
+                await source.fetch(IDS)
+
+
+async def test_a_future_last_updated_at_is_a_problem_and_a_small_skew_counts_as_now() -> None:
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+
+    async def handler(request: Request) -> Response:
+        at = int(now.timestamp())
+        body = {
+            "weth": {"usd": 3000, "last_updated_at": at + 86_400},
+            "usd-coin": {"usd": 1, "last_updated_at": at + 30},
+        }
+        return Response(body=json.dumps(body).encode())
+
+    with trio.fail_after(10):
+        async with loopback_http(handler) as server, httpx.AsyncClient() as client:
+            source = CoinGeckoSource(client, server.url, now=lambda: now)
+            prices, problems = await source.fetch({"WETH": "weth", "USDC": "usd-coin"})
+    assert set(prices) == {"USDC"}
+    assert prices["USDC"].observed_at == now
+    assert problems == [
+        f"WETH: CoinGecko gave last_updated_at {int(now.timestamp()) + 86_400} for 'weth', "
+        "86400 s in the future"
+    ]
 
 
 async def test_429_reports_retry_after() -> None:

@@ -14,7 +14,14 @@ from http_server import Request, Response, loopback_http
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
 from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
-from daemon.prices import DIVERGED, FeedSettings, OracleSource, poll_once, run_price_feed
+from daemon.prices import (
+    DIVERGED,
+    UNVERIFIED,
+    FeedSettings,
+    OracleSource,
+    poll_once,
+    run_price_feed,
+)
 
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
 TOKENS = [
@@ -120,7 +127,9 @@ async def test_cross_check_marks_divergent_tokens_unhealthy(
         name="oracle",
     )
     with trio.fail_after(10):
-        snapshot = await poll_once(primary, oracle, TOKENS, Decimal("0.05"), lambda: T0)
+        snapshot = await poll_once(
+            primary, oracle, TOKENS, FeedSettings(max_divergence=Decimal("0.05")), lambda: T0
+        )
     assert snapshot.health == {"WETH": DIVERGED}  # 10 % apart; USDC 0.1 % apart is fine
 
 
@@ -128,8 +137,8 @@ async def test_cross_check_failure_trusts_nothing() -> None:
     primary = ScriptedSource([{"WETH": point("WETH", "3000")}])
     broken = ScriptedSource([PriceSourceError("down")], name="oracle")
     with trio.fail_after(10):
-        snapshot = await poll_once(primary, broken, TOKENS, Decimal("0.05"), lambda: T0)
-    assert snapshot.health == {"WETH": DIVERGED}
+        snapshot = await poll_once(primary, broken, TOKENS, FeedSettings(), lambda: T0)
+    assert snapshot.health == {"WETH": UNVERIFIED}
     assert any("cross-check" in p for p in snapshot.problems)
 
 
@@ -150,6 +159,10 @@ def test_usable_prices_rejects_stale_missing_and_invalid() -> None:
     stale = snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=301), 300)
     assert stale == "No trade: price for WETH is stale (301 s old, max_age 300 s)"
     assert snapshot.usable_prices(["WBTC"], T0, 300) == "No trade: price for WBTC is missing"
+    why = attrs.evolve(snapshot, problems=("WBTC: no router price (NoRoute: no pair)",))
+    assert why.usable_prices(["WBTC"], T0, 300) == (
+        "No trade: price for WBTC is missing (WBTC: no router price (NoRoute: no pair))"
+    )
     assert snapshot.usable_prices(["BAD"], T0, 300) == "No trade: price for BAD is invalid: 0"
 
 
@@ -168,3 +181,21 @@ async def test_oracle_source_over_loopback_coingecko() -> None:
     assert prices["WETH"].usd == Decimal("3001.5")
     assert prices["USDC"].usd == Decimal("1.0001")
     assert problems == ["XYZ: no coingecko_id registered"]
+
+
+def test_router_prices_from_an_old_head_are_stale_with_max_head_age() -> None:
+    """A router price carries its block's timestamp; read at a head older than max_head_age it
+    is stale even though it was read just now (and not judged when max_head_age is unset)."""
+    read_now = PricePoint(
+        "WETH", Decimal(3000), T0, "router", 19_000_000, T0 - timedelta(seconds=400)
+    )
+    snapshot = PriceSnapshot({"WETH": read_now}, T0, "router", max_head_age=120)
+    assert snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=5), 300) == (
+        "No trade: price for WETH is stale (read at block 19000000, 405 s old, max_head_age 120 s)"
+    )
+    fresh_head = attrs.evolve(read_now, block_timestamp=T0 - timedelta(seconds=12))
+    assert attrs.evolve(snapshot, prices={"WETH": fresh_head}).usable_prices(
+        ["WETH"], T0 + timedelta(seconds=5), 300
+    ) == {"WETH": Decimal(3000)}
+    unjudged = attrs.evolve(snapshot, max_head_age=None)
+    assert unjudged.usable_prices(["WETH"], T0, 300) == {"WETH": Decimal(3000)}
