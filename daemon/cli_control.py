@@ -9,9 +9,10 @@ Exit codes. ``status`` follows the monitoring-plugin convention, because that is
 0 ok, 1 degraded or failing, 2 the daemon cannot be reached (or gave no health document).
 The control commands use sysexits like the rest of the CLI: 0 done; 75 try later (cooldown —
 the daemon's message is the seed's ``Cooldown active. Next rebalance available in N minutes`` —,
-a rebalance already in flight, the portfolio paused or parked); 65 no such portfolio;
-77 not allowed (only the daemon's user or root may control it); 69 the daemon cannot be reached
-or refused the request; 70 the command failed inside the daemon.
+a rebalance already in flight, the portfolio paused or parked, every connection slot taken);
+65 no such portfolio, or a name the daemon refuses (too long, control characters); 77 not
+allowed (only the daemon's user or root may control it); 69 the daemon cannot be reached or
+refused the request; 70 the command failed inside the daemon.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ REBALANCE_TIMEOUT: Final = 300.0
 
 # Control reply status → exit code; any other not-ok status is a temporary failure.
 _STATUS_EXIT: Final = {"not_found": exitcodes.DATA_ERROR}
-_ERROR_EXIT: Final = {"permission_denied": NO_PERMISSION, "internal": SOFTWARE_ERROR}
+_ERROR_EXIT: Final = {
+    "permission_denied": NO_PERMISSION,
+    "internal": SOFTWARE_ERROR,
+    "bad_request": exitcodes.DATA_ERROR,
+    "busy": exitcodes.TEMPORARY_FAILURE,
+}
 
 
 class DaemonUnreachable(Exception):
