@@ -2,9 +2,11 @@
 
 Kinds: ``HIGH_DRIFT``, ``REBALANCE_FAILED``, ``REBALANCE_PARTIAL``, ``HIGH_GAS_COST``,
 ``PRICE_STALE``, ``ACTOR_PARKED``, ``SIGNER_BLOCKED`` (a transaction the node will not take:
-trading paused for the signer), ``TX_STUCK`` (a transaction unsettled past
-``execution.stuck_after``), ``NONCE_CONSUMED`` (another sender used the signer's nonce),
-``DELEGATION_EXPIRING`` (a portfolio's delegations expire within a week, or have expired).
+trading paused for the signer), ``CHAIN_MISMATCH`` (the RPC node serves another chain than
+``chain.chain_id``: nothing is signed until it is ours again), ``TX_STUCK`` (a transaction
+unsettled past ``execution.stuck_after``), ``NONCE_CONSUMED`` (another sender used the signer's
+nonce), ``DELEGATION_EXPIRING`` (a portfolio's delegations expire within a week, or have
+expired).
 The same kind for the same portfolio fires once per ``alerts.repeat_window``.
 
 Why a queue and a separate sender: trading must never wait on a webhook. :meth:`AlertSink.fire`
@@ -37,6 +39,7 @@ ALERT_KINDS: Final = frozenset(
         "PRICE_STALE",
         "ACTOR_PARKED",
         "SIGNER_BLOCKED",
+        "CHAIN_MISMATCH",
         "TX_STUCK",
         "NONCE_CONSUMED",
         "DELEGATION_EXPIRING",

@@ -71,6 +71,7 @@ from daemon.portfolio import (
     run_portfolio_actor,
 )
 from daemon.prices import FeedSettings, OracleSource, PriceSource, RouterSource, run_price_feed
+from daemon.registration import portfolios_to_hold
 from daemon.supervise import RestartPolicy, Supervisor
 from daemon.systemd import Notifier, run_watchdog, watchdog_interval
 from daemon.transactions import LifecycleSettings
@@ -165,6 +166,7 @@ def executor_settings(config: Config) -> ExecutorSettings:
     return ExecutorSettings(
         slippage=config.rebalance.slippage_tolerance,
         price_impact_cap=config.rebalance.price_impact_threshold,
+        max_quote_deviation=config.rebalance.max_quote_deviation,
         dry_run=execution.dry_run,
         deadline_seconds=execution.deadline_seconds,
         native_price_symbol=execution.gas_price_symbol,
@@ -229,6 +231,8 @@ class Daemon:
     """Portfolio id → when its delegations expire (unix seconds; the earliest of them)."""
     not_ours: dict[str, str] = attrs.Factory(dict)
     """Active portfolios delegated to another daemon's signer (by name → that delegate)."""
+    token_decimals: dict[str, int] = attrs.Factory(dict)
+    """Token address → its ``decimals()`` on chain, read once (registration.portfolios_to_hold)."""
     started_at: datetime = attrs.Factory(utc_now)
     accepting: bool = True
     """False once stopping: portfolio actors start no new rebalance."""
@@ -248,6 +252,9 @@ class Daemon:
         else:
             self.last_tick_at = snapshot.taken_at
             self.metrics.price_tick(source, snapshot.taken_at.timestamp())
+            heads = [p.block_timestamp for p in snapshot.prices.values() if p.block_timestamp]
+            if heads:  # router prices: the block they were read at
+                self.metrics.price_head(max(heads).timestamp())
 
     def rebalance_finished(
         self, portfolio_id: int, portfolio: str, result: dbm.RebalanceOutcome
@@ -580,11 +587,22 @@ async def reconcile_portfolios(daemon: Daemon, deps: PortfolioDeps) -> None:
     failures = await daemon.db.failure_streaks()
     execution = daemon.config.current.execution
     revoked = await revoked_portfolios(daemon, list(active.values()))
+    # Issue 12: one actor per account, registered decimals = the chain's, covering delegations.
+    held = await portfolios_to_hold(
+        daemon.chain,
+        list(active.values()),
+        list(daemon.tokens.values()),
+        enforcers=daemon.config.current.delegation,
+        wallet_signer=daemon.signer.address if execution.mode == "wallet" else None,
+        onchain_decimals=daemon.token_decimals,
+    )
     for name, portfolio in active.items():
         try:
             if name in revoked:
                 raise ValueError(revoked[name])
             mode = daemon.build_mode(portfolio)
+            if name in held:
+                raise ValueError(held[name])
         except OtherSigner as exc:
             if name in daemon.specs:
                 daemon.supervisor.stop(name)
@@ -699,18 +717,32 @@ async def watch_portfolios(
 def price_sources(
     config: Config, uniswap: UniswapV2, http: httpx.AsyncClient, now: Callable[[], datetime]
 ) -> tuple[PriceSource, PriceSource | None]:
-    router = RouterSource(uniswap, now)
+    router = RouterSource(uniswap, now, max_batch_calls=config.chain.max_batch_calls)
     oracle = OracleSource(
         CoinGeckoSource(
             http,
             config.prices.coingecko_base_url,
             config.secrets.coingecko_api_key,
             config.prices.coingecko_plan,
+            now=now,
         )
     )
     primary: PriceSource = oracle if config.prices.source == "oracle" else router
     other: PriceSource = router if primary is oracle else oracle
     return primary, (other if config.prices.cross_check else None)
+
+
+def feed_settings(config: Config) -> FeedSettings:
+    """The price feed's live settings (``[prices]``)."""
+    prices = config.prices
+    return FeedSettings(
+        poll_interval=prices.poll_interval,
+        max_divergence=prices.max_divergence,
+        max_age=prices.max_age,
+        max_head_age=prices.max_head_age,
+        max_price_usd=prices.max_price_usd,
+        max_move_factor=prices.max_move_factor,
+    )
 
 
 async def start_operator_interfaces(
@@ -754,7 +786,10 @@ async def run_daemon(
             "no signer key: set signer.key_file, a systemd credential signer-key, or "
             "DRIFTD_SIGNER_KEY"
         )
-    signer = TxSigner(key=config.secrets.signer_key)
+    try:
+        signer = TxSigner(key=config.secrets.signer_key)
+    except ValueError as exc:  # a malformed key is a configuration error (78), not a crash
+        raise StartupError(str(exc)) from None
     holder = ConfigHolder(base=config)
     async with dbm.open_database(config.database) as database:
         applied = await database.migrate()
@@ -847,12 +882,10 @@ async def run_daemon(
                         load_tokens=daemon.load_tokens,
                         store=daemon.store_prices,
                         snapshots=snapshots,
-                        settings=lambda: FeedSettings(
-                            poll_interval=holder.current.prices.poll_interval,
-                            max_divergence=holder.current.prices.max_divergence,
-                        ),
+                        settings=lambda: feed_settings(holder.current),
                         now=now,
                         on_tick=daemon.price_ticked,
+                        alert=daemon.alert,
                     )
                 )
                 await nursery.start(supervisor.run)

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, Final, NoReturn
 
 import attrs
@@ -65,7 +66,7 @@ from daemon.transactions import (
     TxPlan,
 )
 from daemon.txbuild import Call, DelegationMode, ExecutionMode, SwapLeg
-from daemon.uniswap import NoRoute, UniswapV2, deadline_from
+from daemon.uniswap import NoRoute, UniswapV2, deadline_from, mid_price
 
 TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
 GAS_LIMIT_MARGIN: Final = Decimal("1.25")
@@ -92,6 +93,7 @@ class ExecutorSettings:
 
     slippage: Decimal = Decimal("0.01")
     price_impact_cap: Decimal = Decimal("0.05")
+    max_quote_deviation: Decimal = Decimal("0.03")
     dry_run: bool = False
     deadline_seconds: int = 300
     native_price_symbol: str = "WETH"
@@ -178,11 +180,15 @@ class Executor:
     """The lifecycle's view of the chain (default: JSON-RPC through ``chain``)."""
     delegation_problem: Callable[[int], str | None] = lambda portfolio_id: None
     """Why a portfolio's delegations cannot be redeemed now (expired), or None."""
+    chain_recheck: float = 15.0
+    """Seconds between chain-id checks while no nonce is in flight."""
     status: ExecutorStatus = attrs.field(init=False)
     transactions: SignerTransactions = attrs.field(init=False)
     _log: Any = attrs.field(init=False)
     _recent_gas: dict[tuple[int, int], deque[Decimal]] = attrs.field(init=False, factory=dict)
     _alerted_stuck: set[int] = attrs.field(init=False, factory=set)
+    _alerted_chain: str | None = attrs.field(init=False, default=None)
+    _chain_checked_at: float = attrs.field(init=False, default=float("-inf"))
     in_flight: set[int] = attrs.field(init=False, factory=set)
     """Portfolio ids with an attempt being carried out or recovered."""
 
@@ -247,9 +253,16 @@ class Executor:
         """Liveness: publish the lifecycle's state for health and alert a stuck nonce once."""
         while True:
             tx = self.transactions
-            if tx.wrong_chain is not None and not tx.slots:
-                await tx.recheck_chain()
             now = trio.current_time()
+            # With nonces in flight the settle loops ask the chain id on every observation;
+            # idle, it is asked here, so a node that fails over to another chain stops trading
+            # before anything is planned on its balances and prices.
+            if not tx.slots and (
+                tx.wrong_chain is not None or now - self._chain_checked_at >= self.chain_recheck
+            ):
+                self._chain_checked_at = now
+                await tx.recheck_chain()
+            self._alert_wrong_chain(tx.wrong_chain)
             self.status.next_nonce = tx.next_nonce
             self.status.unsettled = len(tx.slots)
             self.status.blocked = tx.blocked()
@@ -275,6 +288,16 @@ class Executor:
             if not tx.slots or (tx.progress_at is not None and tx.progress_at >= now - 60):
                 self.status.last_loop_at = max(self.status.last_loop_at or now, now)
             await trio.sleep(WATCH_SECONDS)
+
+    def _alert_wrong_chain(self, wrong_chain: str | None) -> None:
+        if wrong_chain is None:
+            if self._alerted_chain is not None:
+                self._log.info("chain_id_restored", chain_id=self.chain_id)
+            self._alerted_chain = None
+        elif self._alerted_chain is None:
+            self._alerted_chain = wrong_chain
+            self._log.error("chain_id_mismatch", problem=wrong_chain)
+            self.alert("CHAIN_MISMATCH", {"signer": self.signer.address, "problem": wrong_chain})
 
     # --- one request ---------------------------------------------------------------------
 
@@ -518,6 +541,12 @@ class Executor:
         for leg in request.plan.legs:
             token_in, token_out = tokens[leg.sell], tokens[leg.buy]
             quote = await self.uniswap.quote(token_in.address, token_out.address, leg.amount_in)
+            deviation = quote_deviation(leg, quote.reserves, token_in, token_out)
+            if deviation.fraction > settings.max_quote_deviation:
+                prepared.rejected.append(
+                    deviation.describe(leg, token_in, token_out, settings.max_quote_deviation)
+                )
+                continue
             impact = quote.price_impact
             if impact > settings.price_impact_cap:
                 prepared.rejected.append(
@@ -544,6 +573,7 @@ class Executor:
                     "quoted_out": str(quote.amount_out),
                     "amount_out_min": str(minimum),
                     "price_impact": str(impact),
+                    "quote_deviation": str(deviation.fraction),
                     "quote_block": quote.block_number,
                 }
             )
@@ -694,6 +724,48 @@ class _Prepared:
     @property
     def swap_path(self) -> list[list[str]]:
         return [list(leg.path) for leg in self.swap_legs]
+
+
+@attrs.frozen
+class QuoteDeviation:
+    """How far the pools' mid price is from the price the plan was made with."""
+
+    planned: Fraction
+    """``buy`` per ``sell`` (whole tokens) at the plan's prices."""
+    pool: Fraction
+    """``buy`` per ``sell`` (whole tokens) at the pools' mid price along the route."""
+
+    @property
+    def fraction(self) -> Decimal:
+        """``|pool / planned − 1|`` (1 if the plan priced the leg at nothing)."""
+        if self.planned == 0:
+            return Decimal(1)
+        ratio = abs(self.pool / self.planned - 1)
+        return Decimal(ratio.numerator) / Decimal(ratio.denominator)
+
+    def describe(self, leg: Leg, token_in: Token, token_out: Token, limit: Decimal) -> str:
+        def rate(value: Fraction) -> str:
+            return f"{Decimal(value.numerator) / Decimal(value.denominator):.6g}"
+
+        return (
+            f"{leg.sell}->{leg.buy}: the pool prices 1 {token_in.symbol} at "
+            f"{rate(self.pool)} {token_out.symbol}, the plan at {rate(self.planned)} "
+            f"{token_out.symbol}: {self.fraction:.2%} apart, above the "
+            f"max_quote_deviation {limit:%}"
+        )
+
+
+def quote_deviation(
+    leg: Leg, reserves: Sequence[tuple[int, int]], token_in: Token, token_out: Token
+) -> QuoteDeviation:
+    """Compare the pools' mid price (before fees and impact, which are capped separately) with
+    the plan's ``expected_out / amount_in``: a pool pushed off-market passes the impact cap,
+    because impact is measured against the same pool."""
+    scale = Fraction(10**token_in.decimals, 10**token_out.decimals)
+    return QuoteDeviation(
+        planned=Fraction(leg.expected_out, leg.amount_in) * scale,
+        pool=mid_price(reserves) * scale,
+    )
 
 
 def _purpose(call: Call) -> dbm.IntentPurpose:

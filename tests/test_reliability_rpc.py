@@ -631,6 +631,44 @@ async def test_a_node_of_another_chain_gets_nothing_signed_and_trading_resumes(
     assert_invariants(scenario)
 
 
+async def test_a_failover_to_another_chain_while_idle_stops_trading_with_an_alert(
+    chain: ChainClient,
+    devnet: Devnet,
+    db_config: DatabaseConfig,
+    db: dbm.Database,
+    tmp_path: Path,
+    scenario: Scenario,
+) -> None:
+    """Nothing in flight when the node starts answering another chain id: the executor's own
+    periodic check notices it before any trade is planned (CHAIN_MISMATCH, health degraded); a
+    market move meanwhile writes no row and signs nothing; once the node is right again, the
+    move is traded once."""
+    scenario.injected = "eth_chainId answered 1 (not 31337) while the daemon was idle"
+    with trio.fail_after(SCENARIO_LIMIT):
+        async with trading(chain, devnet, db_config, db, tmp_path, scenario) as run:
+            executor = run.daemon.executor
+            executor.chain_recheck = 0.2
+            rule = run.inject("eth_chainId", WrongChainId(1), times=None)
+
+            async def alerted() -> bool:
+                return any(e.get("kind") == "CHAIN_MISMATCH" for e in run.events("alert"))
+
+            await run.until(alerted, "the CHAIN_MISMATCH alert")
+            health = DaemonControls(run.daemon).health()
+            assert any("serves chain 1, not 31337" in p for p in health["problems"]), health
+            await run.move()
+            await trio.sleep(1.5)
+            assert await run.intents() == []
+            assert await run.finished() == []
+            run.proxy.remove(rule)
+            await run.until(lambda: _has_status(run, "SUCCESS"), "a trade after the node is right")
+            (row,) = await run.settled()
+            await one_mined_swap(run, row)
+            assert run.events("chain_id_restored")
+            assert [e for e in run.events("alert") if e.get("kind") == "CHAIN_MISMATCH"][1:] == []
+    assert_invariants(scenario)
+
+
 async def _has_status(run: Run, status: str, name: str = "main") -> bool:
     return any(r.status == status for r in await run.finished(name))
 
