@@ -22,7 +22,7 @@ import httpx
 import trio
 
 from daemon.chain import ChainClient, RetryPolicy, encode_call
-from daemon.devnet import Devnet, open_devnet
+from daemon.devtools.devnet import Devnet, open_devnet
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -3,11 +3,11 @@
 Why: daemon/db.py chose its bridge from these figures (its docstring records them). Run this after
 changing the bridge or upgrading trio/asyncpg/Python, and compare. Not a test: it prints.
 
-Every scenario runs on the same throwaway server (daemon.pgserver, or $BENCH_DATABASE_URL), in
-the same process, one after the other: a pool of 10 connections, 100 concurrent tasks each
-running ``SELECT $1::int`` in a loop for ``--seconds``. "CPU-busy" adds one task on the caller's
-loop that burns CPU in 2 ms slices with a checkpoint between slices (the shape of many portfolio
-actors computing drift). Printed: queries/s, p50 and p99 latency per query.
+Every scenario runs on the same throwaway server (daemon.devtools.pgserver, or
+$BENCH_DATABASE_URL), in the same process, one after the other: a pool of 10 connections, 100
+concurrent tasks each running ``SELECT $1::int`` in a loop for ``--seconds``. "CPU-busy" adds
+one task on the caller's loop that burns CPU in 2 ms slices with a checkpoint between slices (the
+shape of many portfolio actors computing drift). Printed: queries/s, p50 and p99 latency per query.
 
 trio-asyncio is not a dependency of driftd; its rows appear when it is importable
 (``pip install trio-asyncio==0.16.0`` in a throwaway virtualenv).
@@ -39,7 +39,7 @@ import trio.lowlevel
 
 from daemon.config import DatabaseConfig
 from daemon.db import open_database
-from daemon.pgserver import running_server
+from daemon.devtools.pgserver import running_server
 
 POOL = 10
 TASKS = 100

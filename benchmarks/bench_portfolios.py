@@ -40,7 +40,7 @@ from eth_account import Account
 
 from daemon.balances import BalanceBatcher
 from daemon.chain import ChainClient, RetryPolicy
-from daemon.devnet import open_devnet
+from daemon.devtools.devnet import open_devnet
 from daemon.drift import EngineParams, Holding, evaluate
 from daemon.latest import Latest
 from daemon.logs import configure_logging

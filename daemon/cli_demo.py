@@ -1,4 +1,7 @@
-"""``driftd demo``: the self-contained demo's command line (the demo itself is daemon/demo.py).
+"""``driftd demo``: the self-contained demo's command line.
+
+The demo itself is :mod:`daemon.devtools.demo`, imported only when the command runs, so the rest
+of the CLI and the daemon load none of the demo tooling.
 
 ``python -m daemon.cli_demo [options]`` runs the same handler without the rest of the CLI.
 """
@@ -19,7 +22,7 @@ MAX_DURATION = 24 * 3600.0
 
 
 def _portfolio_count(raw: str) -> int:
-    from daemon.demo_setup import MAX_PORTFOLIOS
+    from daemon.devtools.demo_setup import MAX_PORTFOLIOS
 
     try:
         value = int(raw)
@@ -86,7 +89,7 @@ def register(subparsers: Subparsers) -> None:
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     """The demo builds its own configuration; ``config`` is not used."""
-    from daemon.demo import DemoOptions, run
+    from daemon.devtools.demo import DemoOptions, run
 
     options = DemoOptions(
         portfolios=args.portfolios,

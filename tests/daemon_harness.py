@@ -41,8 +41,8 @@ from daemon.delegation import (
     increment_nonce_call,
     sign_delegation,
 )
-from daemon.demo_setup import write_toml as write_demo_toml
-from daemon.devnet import (
+from daemon.devtools.demo_setup import write_toml as write_demo_toml
+from daemon.devtools.devnet import (
     FEED_DECIMALS,
     Devnet,
     SmartAccount,

@@ -14,7 +14,7 @@ import pytest
 
 from daemon.chain import ChainClient, Receipt, RetryPolicy, TxRequest, TxSigner
 from daemon.config import Secret
-from daemon.devnet import Devnet, evm_revert, evm_snapshot, running_devnet
+from daemon.devtools.devnet import Devnet, evm_revert, evm_snapshot, running_devnet
 from daemon.txbuild import Call
 
 

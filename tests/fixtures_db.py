@@ -2,7 +2,7 @@
 
 Session: ``$TEST_DATABASE_URL`` when set (a role allowed to CREATE DATABASE; the database it names
 is used only to create and drop others), else a throwaway server from the installed binaries
-(:mod:`daemon.pgserver`), removed at the end of the session.
+(:mod:`daemon.devtools.pgserver`), removed at the end of the session.
 
 Clean and fast: the migrations are applied once, into a template database. A test gets a clone
 of it; afterwards the clone is emptied (every table but ``schema_migrations`` deleted, sequences
@@ -42,7 +42,7 @@ from daemon.db import (
     migrate,
     open_database,
 )
-from daemon.pgserver import PostgresServer, running_server
+from daemon.devtools.pgserver import PostgresServer, running_server
 
 TEST_DATABASE_ENV = "TEST_DATABASE_URL"
 

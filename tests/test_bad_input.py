@@ -43,7 +43,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devnet import Devnet
+from daemon.devtools.devnet import Devnet
 
 pytestmark = [pytest.mark.bad_input, pytest.mark.chain]
 

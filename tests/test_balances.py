@@ -13,7 +13,7 @@ from eth_account import Account
 
 from daemon.balances import BalanceBatcher, BalanceReadError, BatcherStopped, BatchFailed
 from daemon.chain import ChainClient, ChainError, Json, RetryPolicy, Reverted, RpcTransportError
-from daemon.devnet import Devnet
+from daemon.devtools.devnet import Devnet
 
 pytestmark = pytest.mark.chain
 

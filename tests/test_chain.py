@@ -31,7 +31,7 @@ from daemon.chain import (
     parse_retry_after,
 )
 from daemon.config import ChainConfig
-from daemon.devnet import Devnet, evm_increase_time, evm_mine
+from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
 from daemon.txbuild import Call
 from daemon.uniswap import encode_approve
 

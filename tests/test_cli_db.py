@@ -17,8 +17,8 @@ import trio
 from daemon import cli_db, exitcodes
 from daemon.config import Config, DatabaseConfig, parse_config
 from daemon.db import ConstraintViolation, Token, load_migrations
-from daemon.devnet import Devnet
-from daemon.pgserver import free_port
+from daemon.devtools.devnet import Devnet
+from daemon.devtools.pgserver import free_port
 
 ACCOUNT = "0x" + "ab" * 20
 OTHER_ACCOUNT = "0x" + "cd" * 20

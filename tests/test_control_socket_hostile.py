@@ -45,7 +45,7 @@ from test_health import FakeControls
 
 from daemon import cli
 from daemon.config import DatabaseConfig
-from daemon.devnet import Devnet
+from daemon.devtools.devnet import Devnet
 from daemon.health import (
     COMMANDS,
     MAX_CONNECTIONS,

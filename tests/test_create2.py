@@ -18,7 +18,7 @@ from daemon.create2 import (
     create2_address,
     deploy,
 )
-from daemon.devnet import Devnet, load_artifacts
+from daemon.devtools.devnet import Devnet, load_artifacts
 
 pytestmark = pytest.mark.chain
 

@@ -41,7 +41,7 @@ from daemon import db as dbm
 from daemon.app import Daemon, run_daemon
 from daemon.chain import ChainClient, TxRequest, TxSigner
 from daemon.config import DatabaseConfig
-from daemon.devnet import (
+from daemon.devtools.devnet import (
     Devnet,
     SmartAccount,
     create_smart_account,

@@ -31,7 +31,7 @@ from daemon.db import (
     migrate,
     open_database,
 )
-from daemon.pgserver import running_server
+from daemon.devtools.pgserver import running_server
 
 WETH = "0x" + "11" * 20
 USDC = "0x" + "22" * 20

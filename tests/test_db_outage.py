@@ -28,8 +28,8 @@ from daemon.app import Daemon, retry_database
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devnet import Devnet
-from daemon.pgserver import PostgresServer
+from daemon.devtools.devnet import Devnet
+from daemon.devtools.pgserver import PostgresServer
 
 OUTAGE_SECONDS = 5.0
 """Longer than a probe round and many price ticks: enough to prove the daemon waits."""

@@ -33,7 +33,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devnet import Devnet, set_feed_price
+from daemon.devtools.devnet import Devnet, set_feed_price
 
 
 async def _setup(

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 from daemon import exitcodes
-from daemon.demo import DemoOptions, run
-from daemon.demo_setup import portfolio_plans
-from daemon.demo_stats import RebalanceEvent, leg_slippages, summarize
-from daemon.market import RandomWalk, WalkParams, amount_to_move
+from daemon.devtools.demo import DemoOptions, run
+from daemon.devtools.demo_setup import portfolio_plans
+from daemon.devtools.demo_stats import RebalanceEvent, leg_slippages, summarize
+from daemon.devtools.market import RandomWalk, WalkParams, amount_to_move
 from daemon.uniswap import get_amount_out
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ def test_without_the_checkout_the_demo_says_so_and_exits_69(tmp_path: Path) -> N
 def test_without_postgresql_the_demo_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from daemon import pgserver
+    from daemon.devtools import pgserver
 
     def missing() -> Path:
         raise pgserver.PostgresServerError("none here")
@@ -440,8 +440,8 @@ async def test_the_market_moves_the_feeds_with_the_pools(chain: Any, devnet: Any
     import trio
 
     from daemon.chain import encode_call
-    from daemon.devnet import FEED_DECIMALS, devnet_key
-    from daemon.market import Step, Trader
+    from daemon.devtools.devnet import FEED_DECIMALS, devnet_key
+    from daemon.devtools.market import Step, Trader
 
     async def answer(symbol: str) -> tuple[int, int]:
         raw = await chain.call(devnet.feeds[symbol], encode_call("latestRoundData()"))

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from daemon.chain import ChainClient, encode_call, erc20_decimals, to_address
-from daemon.devnet import (
+from daemon.devtools.devnet import (
     Devnet,
     NpmPackagesMissing,
     anvil_executable,

@@ -50,7 +50,7 @@ from daemon.delegation import (
     permission_context,
     sign_delegation,
 )
-from daemon.devnet import (
+from daemon.devtools.devnet import (
     FEED_DECIMALS,
     Devnet,
     SmartAccount,

@@ -10,7 +10,7 @@ import trio
 
 from daemon.config import DatabaseConfig
 from daemon.db import open_database
-from daemon.pgserver import (
+from daemon.devtools.pgserver import (
     PostgresServer,
     PostgresServerError,
     find_bindir,

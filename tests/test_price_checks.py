@@ -35,7 +35,7 @@ from daemon.chain import ChainClient, RetryPolicy
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devnet import Devnet, evm_increase_time, evm_mine
+from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
 from daemon.drift import Holding, evaluate
 from daemon.latest import Latest
 from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token

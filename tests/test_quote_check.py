@@ -32,7 +32,7 @@ from test_daemon import COINGECKO_IDS, TARGETS, TOTAL_USD, finished_rows, runnin
 from daemon import db as dbm
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
-from daemon.devnet import Devnet, fund
+from daemon.devtools.devnet import Devnet, fund
 from daemon.drift import Leg
 from daemon.executor import quote_deviation
 from daemon.messages import Token

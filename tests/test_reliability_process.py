@@ -65,7 +65,7 @@ from daemon.chain import ChainClient, TxSigner, hex_int
 from daemon.config import DatabaseConfig, Secret
 from daemon.control import DaemonControls
 from daemon.delegation import dump_delegation_file
-from daemon.devnet import (
+from daemon.devtools.devnet import (
     Devnet,
     SmartAccount,
     devnet_key,
@@ -74,7 +74,7 @@ from daemon.devnet import (
     evm_set_automine,
     set_eth_balance,
 )
-from daemon.pgserver import PostgresServer
+from daemon.devtools.pgserver import PostgresServer
 
 pytestmark = pytest.mark.reliability
 

@@ -51,7 +51,13 @@ from daemon.app import Daemon
 from daemon.chain import ChainClient, TxRequest, TxSigner, hex_int
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devnet import Devnet, evm_increase_time, evm_mine, evm_set_automine, set_eth_balance
+from daemon.devtools.devnet import (
+    Devnet,
+    evm_increase_time,
+    evm_mine,
+    evm_set_automine,
+    set_eth_balance,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.chain, pytest.mark.db]
 __all__ = ["coingecko_from_pools"]  # a fixture of test_daemon's, used here too

@@ -39,7 +39,7 @@ from daemon.chain import (
     hex_of,
 )
 from daemon.config import ChainConfig, Secret
-from daemon.devnet import Devnet, devnet_key, evm_mine, evm_set_automine, set_eth_balance
+from daemon.devtools.devnet import Devnet, devnet_key, evm_mine, evm_set_automine, set_eth_balance
 
 SENDER = devnet_key("rpc proxy sender")
 

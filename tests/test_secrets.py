@@ -45,8 +45,8 @@ from daemon.config import (
     mask_url,
     parse_config,
 )
-from daemon.devnet import Devnet
-from daemon.pgserver import PostgresServer
+from daemon.devtools.devnet import Devnet
+from daemon.devtools.pgserver import PostgresServer
 from daemon.uniswap import UniswapV2
 
 

@@ -18,7 +18,7 @@ from test_daemon import finished_rows, setup_portfolio, wait_for
 from daemon import db as dbm
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
-from daemon.devnet import Devnet
+from daemon.devtools.devnet import Devnet
 
 
 class SystemdHarness:

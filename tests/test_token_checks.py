@@ -45,7 +45,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devnet import FEED_DECIMALS, Devnet, DevnetToken, SmartAccount
+from daemon.devtools.devnet import FEED_DECIMALS, Devnet, DevnetToken, SmartAccount
 from daemon.guard import GuardToken, guard_caveat
 
 DATA = exitcodes.DATA_ERROR

@@ -18,7 +18,7 @@ from daemon.delegation import (
     build_portfolio_delegations,
     sign_delegation,
 )
-from daemon.devnet import Devnet, fund
+from daemon.devtools.devnet import Devnet, fund
 from daemon.txbuild import (
     MAX_ALLOWANCE,
     DelegationMode,

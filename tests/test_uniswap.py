@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.chain import ChainClient, Reverted
-from daemon.devnet import Devnet, fund
+from daemon.devtools.devnet import Devnet, fund
 from daemon.txbuild import Call, SwapLeg, WalletMode
 from daemon.uniswap import (
     APPROVE_SELECTOR,

@@ -1,5 +1,5 @@
 """The demo's monitor: what the chain, ``rebalance_log`` and the daemon's actors say, turned
-into rebalance events and the live board (:mod:`daemon.demo_stats`).
+into rebalance events and the live board (:mod:`daemon.devtools.demo_stats`).
 
 It reads the chain and the database itself (its own clients), and from the daemon only the actor
 registry's states (the cooldown clock). Every event is kept in memory, so the summary survives
@@ -20,8 +20,8 @@ from daemon.app import Daemon
 from daemon.chain import encode_call, function_selector, to_address
 from daemon.cooldown import cooldown_remaining
 from daemon.db import RebalanceLogEntry
-from daemon.demo_setup import MAX_TRADE_USD, DemoEnvironment, spot_prices
-from daemon.demo_stats import (
+from daemon.devtools.demo_setup import MAX_TRADE_USD, DemoEnvironment, spot_prices
+from daemon.devtools.demo_stats import (
     Board,
     DemoPortfolio,
     PortfolioRow,
@@ -29,10 +29,10 @@ from daemon.demo_stats import (
     leg_slippages,
     mean,
 )
-from daemon.demo_view import Reporter, describe_move
-from daemon.devnet import Devnet
+from daemon.devtools.demo_view import Reporter, describe_move
+from daemon.devtools.devnet import Devnet
+from daemon.devtools.market import MarketError, PriceMove
 from daemon.drift import EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
-from daemon.market import MarketError, PriceMove
 from daemon.uniswap import sort_tokens
 from daemon.uniswap import spot_price as pool_spot_price
 

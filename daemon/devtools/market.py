@@ -19,9 +19,9 @@ with ``g = 1 / f``. Amounts on chain are integers in base units.
 
 The oracle feeds follow the pools: the demo's feeds are mock Chainlink aggregators, and the
 guard (:mod:`daemon.guard`) values every rebalance at their prices, so after each move the
-trader posts the token's new pool price to its feed (:func:`daemon.devnet.set_feed_price`), and
-every :data:`FEED_REFRESH_SECONDS` it posts the current pool price of every feed again, so no
-feed goes stale however long the demo runs.
+trader posts the token's new pool price to its feed
+(:func:`daemon.devtools.devnet.set_feed_price`), and every :data:`FEED_REFRESH_SECONDS` it posts
+the current pool price of every feed again, so no feed goes stale however long the demo runs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import trio
 
 from daemon.chain import ChainClient, TxRequest, TxSigner
 from daemon.config import Secret
-from daemon.devnet import Devnet, DevnetToken, fund, set_eth_balance, set_feed_price
+from daemon.devtools.devnet import Devnet, DevnetToken, fund, set_eth_balance, set_feed_price
 from daemon.uniswap import (
     UniswapV2,
     deadline_from,

@@ -109,8 +109,9 @@ class NpmPackagesMissing(DevnetError):
 
 
 def project_root() -> Path:
-    """The checkout holding package.json and node_modules (this file is daemon/devnet.py)."""
-    return Path(__file__).resolve().parent.parent
+    """The checkout holding package.json and node_modules (this file is
+    daemon/devtools/devnet.py, two levels below it)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def anvil_executable(root: Path) -> Path:

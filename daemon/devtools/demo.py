@@ -5,17 +5,19 @@ What it does, in order (each step announced):
 1. **Prerequisites.** The pinned npm packages (anvil, contract bytecode, solc): ``npm ci`` in
    the checkout on first use. PostgreSQL server binaries: from the system (Debian's
    ``postgresql`` package, which ``./dev setup`` installs).
-2. **Throwaway services** on free loopback ports: PostgreSQL (:mod:`daemon.pgserver`) and anvil
-   with Uniswap V2, WETH9/USDC/WBTC and the Delegation Framework (:mod:`daemon.devnet`).
+2. **Throwaway services** on free loopback ports: PostgreSQL (:mod:`daemon.devtools.pgserver`)
+   and anvil with Uniswap V2, WETH9/USDC/WBTC and the Delegation Framework
+   (:mod:`daemon.devtools.devnet`).
 3. **Portfolios as an operator would make them:** N HybridDeleGator smart accounts with
    different targets, funded at their targets; each owner signs the two least-authority
    delegations; then ``driftd migrate``, ``driftd token add`` and ``driftd portfolio add`` run
    through the CLI's own parser and handlers (with the demo's configuration, so variables in the
    user's environment cannot point them elsewhere), which verify the signatures on chain.
 4. **The real daemon** (:func:`daemon.app.run_daemon`, the code of ``driftd run``) with the router
-   price source, a short cooldown and a fast poll, next to a **market** (:mod:`daemon.market`)
-   that moves prices by real swaps, and a **monitor** that reads the chain, ``rebalance_log`` and
-   the actors' states to drive the live view or the JSON lines (:mod:`daemon.demo_view`).
+   price source, a short cooldown and a fast poll, next to a **market**
+   (:mod:`daemon.devtools.market`) that moves prices by real swaps, and a **monitor** that reads
+   the chain, ``rebalance_log`` and the actors' states to drive the live view or the JSON lines
+   (:mod:`daemon.devtools.demo_view`).
 5. After ``--duration`` seconds, Ctrl-C or SIGTERM: a summary, then everything is stopped and
    deleted.
 
@@ -50,12 +52,13 @@ from typing import IO, Any, Final
 import attrs
 import trio
 
-from daemon import exitcodes, pgserver
+from daemon import exitcodes
 from daemon.app import Daemon, leaf_exceptions, run_daemon
 from daemon.chain import ChainError
 from daemon.db import DatabaseError
-from daemon.demo_monitor import Monitor
-from daemon.demo_setup import (
+from daemon.devtools import pgserver
+from daemon.devtools.demo_monitor import Monitor
+from daemon.devtools.demo_setup import (
     MAX_PORTFOLIOS,
     DemoEnvironment,
     PrerequisiteMissing,
@@ -63,10 +66,10 @@ from daemon.demo_setup import (
     check_prerequisites,
     setup,
 )
-from daemon.demo_stats import StartedInfo, Summary, summarize
-from daemon.demo_view import JsonLinesReporter, Reporter, RichReporter
-from daemon.devnet import DevnetError, project_root
-from daemon.market import MarketError, RandomWalk, WalkParams, run_market
+from daemon.devtools.demo_stats import StartedInfo, Summary, summarize
+from daemon.devtools.demo_view import JsonLinesReporter, Reporter, RichReporter
+from daemon.devtools.devnet import DevnetError, project_root
+from daemon.devtools.market import MarketError, RandomWalk, WalkParams, run_market
 
 TEARDOWN_SECONDS: Final = 30.0
 """Upper bound on closing connections during teardown (processes are then killed anyway)."""

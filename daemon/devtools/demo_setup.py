@@ -1,5 +1,5 @@
 """Setting up ``driftd demo``: prerequisites, throwaway services, funded smart accounts, and
-registration through the operator's CLI (see :mod:`daemon.demo` for the whole story).
+registration through the operator's CLI (see :mod:`daemon.devtools.demo` for the whole story).
 
 Every resource is entered on the caller's exit stack as soon as it exists, so whatever fails or
 is interrupted later, the caller's shielded ``finally`` stops and deletes it.
@@ -8,9 +8,10 @@ is interrupted later, the caller's shielded ``finally`` stops and deletes it.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import attrs
 import structlog
 import trio
 
-from daemon import exitcodes, pgserver
+from daemon import exitcodes
 from daemon.chain import ChainClient
 from daemon.cli_delegation import guard_terms
 from daemon.config import Config, ConfigError, parse_config
@@ -34,9 +35,10 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.demo_stats import DemoPortfolio
-from daemon.demo_view import Reporter
-from daemon.devnet import (
+from daemon.devtools import pgserver
+from daemon.devtools.demo_stats import DemoPortfolio
+from daemon.devtools.demo_view import Reporter
+from daemon.devtools.devnet import (
     FEED_DECIMALS,
     Devnet,
     NpmPackagesMissing,
@@ -47,9 +49,9 @@ from daemon.devnet import (
     load_artifacts,
     open_devnet,
 )
+from daemon.devtools.market import Trader
 from daemon.guard import GuardToken, guard_caveat
 from daemon.logs import configure_logging
-from daemon.market import Trader
 
 PRESETS: Final = (
     # name, targets (USDC / WETH / WBTC): different weights trade differently on the same market.
@@ -208,24 +210,24 @@ def demo_document(
     }
 
 
-async def run_cli(argv: Sequence[str], config: Config) -> str:
-    """One ``driftd`` subcommand through the CLI's parser and handler, in a worker thread (it
-    runs its own ``trio.run``). Returns what it printed; raises :class:`SetupFailed` if it
-    exits non-zero."""
+async def run_cli(argv: Sequence[str], config_path: Path) -> str:
+    """One ``driftd`` subcommand run as an operator runs it: a child process on the demo's
+    configuration file, with a minimal environment (the user's ``DRIFTD_*`` variables must not
+    point the demo elsewhere). Returns what it printed; raises :class:`SetupFailed` if it exits
+    non-zero."""
+    command = [sys.executable, "-m", "daemon", "--config", str(config_path), *argv]
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "PYTHONPATH") if name in os.environ}
+    result = await trio.run_process(
+        command, capture_stdout=True, capture_stderr=True, check=False, env=env
+    )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
+    if result.returncode != exitcodes.OK:
+        raise SetupFailed(f"`driftd {' '.join(argv)}` exited {result.returncode}: {output}")
+    return output
 
-    def call() -> tuple[int, str]:
-        from daemon.cli import build_parser
 
-        args = build_parser().parse_args(list(argv))
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            code: int = args.func(args, config)
-        return code, captured.getvalue()
-
-    code, output = await trio.to_thread.run_sync(call)
-    if code != exitcodes.OK:
-        raise SetupFailed(f"`driftd {' '.join(argv)}` exited {code}: {output.strip()}")
-    return output.strip()
+async def _run_into(outputs: list[str], index: int, argv: list[str], config_path: Path) -> None:
+    outputs[index] = await run_cli(argv, config_path)
 
 
 async def spot_prices(trader: Trader) -> dict[str, Decimal]:
@@ -333,7 +335,7 @@ async def setup(
         portfolios.append(DemoPortfolio(name=name, account=account.address, targets=targets))
 
     reporter.progress("registering tokens and portfolios with the driftd CLI")
-    commands: list[list[str]] = [["migrate"]]
+    tokens: list[list[str]] = []
     for token in devnet.tokens:
         argv = ["token", "add", token.symbol, token.address, "--decimals", str(token.decimals)]
         argv += ["--coingecko-id", COINGECKO_IDS[token.symbol]]
@@ -341,17 +343,25 @@ async def setup(
             argv.append("--quote")
         if token.symbol in devnet.feeds:
             argv += ["--feed", devnet.feeds[token.symbol]]
-        commands.append(argv)
+        tokens.append(argv)
+    adds: list[list[str]] = []
     for portfolio, path in zip(portfolios, delegation_files, strict=True):
         argv = ["portfolio", "add", portfolio.name, "--account", portfolio.account]
         argv += ["--target", *[f"{s}={w}" for s, w in portfolio.targets.items()]]
         argv += ["--delegation", str(path)]
-        commands.append(argv)
-    for argv in commands:
-        output = await run_cli(argv, config)
-        shown = " ".join(a if len(a) < 24 else f"{a[:10]}…" for a in argv)
-        said = output.splitlines()[-1][:48] if output else ""
-        reporter.progress(f"  $ driftd {shown}" + (f"  →  {said}" if said else ""))
+        adds.append(argv)
+    # Each step's commands are independent of each other: run them side by side (a child
+    # process each), and show them in order.
+    for step in ([["migrate"]], tokens, adds):
+        outputs: list[str] = [""] * len(step)
+
+        async with trio.open_nursery() as nursery:
+            for index, argv in enumerate(step):
+                nursery.start_soon(_run_into, outputs, index, argv, config_path)
+        for argv, output in zip(step, outputs, strict=True):
+            shown = " ".join(a if len(a) < 24 else f"{a[:10]}…" for a in argv)
+            said = output.splitlines()[-1][:48] if output else ""
+            reporter.progress(f"  $ driftd {shown}" + (f"  →  {said}" if said else ""))
 
     db = await stack.enter_async_context(open_database(config.database))
     reporter.progress("funding the market's trader account")

@@ -1,7 +1,8 @@
 """What the demo saw, as plain values: rebalance events, the live board and the summary.
 
 Pure (no I/O): the demo's monitor fills these from the database, the chain and the daemon's
-actor states; the view (:mod:`daemon.demo_view`) renders them as a rich table or JSON lines.
+actor states; the view (:mod:`daemon.devtools.demo_view`) renders them as a rich table or JSON
+lines.
 Money stays exact: gas in integer units, USD and drift as :class:`~decimal.Decimal`.
 """
 

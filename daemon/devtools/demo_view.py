@@ -1,7 +1,8 @@
 """How the demo shows what happens: a live rich view on a terminal, or JSON lines (``--headless``).
 
-Both are :class:`Reporter` implementations fed the same values (:mod:`daemon.demo_stats`), so
-what CI checks in the JSON lines is what a person watches in the view. JSON lines go to stdout,
+Both are :class:`Reporter` implementations fed the same values
+(:mod:`daemon.devtools.demo_stats`), so what CI checks in the JSON lines is what a person watches
+in the view. JSON lines go to stdout,
 one object per line with an ``event`` field (``started``, ``price_move``, ``rebalance``,
 ``summary``); decimals are strings so nothing is rounded; progress messages go to stderr.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, Any, Protocol
@@ -21,8 +22,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from daemon.demo_stats import Board, PortfolioSummary, RebalanceEvent, StartedInfo, Summary
-from daemon.market import PriceMove
+from daemon.devtools.demo_stats import Board, PortfolioSummary, RebalanceEvent, StartedInfo, Summary
+from daemon.devtools.market import PriceMove
 
 
 class Reporter(Protocol):
@@ -386,7 +387,3 @@ def describe_move(move: PriceMove) -> str:
     kind = "jump" if move.jump else "move"
     price = usd(move.price_after)
     return f"{move.symbol} {kind} {change * 100:+.1f}% to {price} ({short_hash(move.tx_hash)})"
-
-
-def prices_text(prices: Mapping[str, Decimal]) -> str:
-    return ", ".join(f"{symbol} {usd(price)}" for symbol, price in prices.items())
