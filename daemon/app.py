@@ -26,6 +26,9 @@ import trio
 from daemon import db as dbm
 from daemon import package_version
 from daemon.alerts import AlertSettings, AlertSink
+from daemon.authority import (
+    least_authority_problems,
+)
 from daemon.balances import BalanceBatcher
 from daemon.chain import ChainClient, ChainError, TxSigner, encode_call, to_address
 from daemon.coingecko import CoinGeckoSource
@@ -51,7 +54,6 @@ from daemon.delegation import (
     decode_nonce,
     decode_timestamp,
     delegation_from_json,
-    least_authority_problems,
 )
 from daemon.drift import Decision, EngineParams, Holding
 from daemon.executor import Executor, ExecutorSettings

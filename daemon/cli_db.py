@@ -46,6 +46,12 @@ from daemon.db import (
     load_migrations,
     open_database,
 )
+from daemon.registration import (
+    MAX_DECIMALS,
+    InputError,
+    VerifierUnavailable,
+    check_token_on_chain,
+)
 
 if TYPE_CHECKING:
     from daemon.cli import Subparsers
@@ -61,12 +67,7 @@ the quote token (if registered and not already among them); ``targets`` the symb
 portfolio's own tokens (the ones the approve delegation must cover)."""
 
 
-class VerifierUnavailable(Exception):
-    """The delegation verifier could not reach what it checks against (exit 69)."""
-
-
 WEIGHT_TOLERANCE: Final = Decimal("1e-9")
-MAX_DECIMALS: Final = 77
 MAX_DELEGATION_FILE_BYTES: Final = 1 << 20
 """A signed-delegation file is a few kilobytes; a larger one is not read."""
 MAX_DELEGATION_NESTING: Final = 16
@@ -78,10 +79,6 @@ _HEX_RE: Final = re.compile(r"^0x([0-9a-fA-F]{2})*$")
 _BYTES32_RE: Final = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _SYMBOL_RE: Final = re.compile(r"^[A-Za-z0-9._+-]{1,32}$")
 _SALT_RE: Final = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)$")
-
-
-class InputError(ValueError):
-    """A command-line value or input file is wrong (exit 65)."""
 
 
 # ============================================================================ registration
@@ -429,7 +426,6 @@ def cmd_token_add(args: argparse.Namespace, config: Config) -> int:
         return _fail(exc, exitcodes.DATA_ERROR)
 
     async def work(db: Database) -> int:
-        from daemon.registration import check_token_on_chain
 
         checked = await check_token_on_chain(
             config,

@@ -32,6 +32,11 @@ import attrs
 import trio
 
 from daemon import exitcodes
+from daemon.authority import (
+    kind_of,
+    least_authority_problems,
+    nonce_problems,
+)
 from daemon.chain import (
     ChainClient,
     ChainError,
@@ -50,9 +55,6 @@ from daemon.delegation import (
     build_portfolio_delegations,
     current_nonce,
     is_disabled_on_chain,
-    kind_of,
-    least_authority_problems,
-    nonce_problems,
     parse_delegation_file,
     signature_is_valid_on_chain,
 )

@@ -37,6 +37,12 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 
+from daemon.authority import (
+    authority_of,
+    kind_of,
+    least_authority_problems,
+    nonce_problems,
+)
 from daemon.chain import (
     ChainClient,
     ChainError,
@@ -48,18 +54,13 @@ from daemon.chain import (
     hex_of,
     to_address,
 )
-from daemon.cli_db import MAX_DECIMALS, InputError, VerifierUnavailable
 from daemon.config import Config, DelegationConfig
 from daemon.delegation import (
     Delegation,
     DelegationDomain,
     DelegationFormatError,
-    authority_of,
     delegation_from_json,
     is_disabled_on_chain,
-    kind_of,
-    least_authority_problems,
-    nonce_problems,
     signature_is_valid_on_chain,
 )
 from daemon.guard import GuardTermsError, guard_terms_of
@@ -70,6 +71,17 @@ if TYPE_CHECKING:
 
 _DECIMALS_CALL: Final = encode_call("decimals()")
 _SYMBOL_CALL: Final = encode_call("symbol()")
+
+MAX_DECIMALS: Final = 77
+"""Most decimals a token may declare (10^77 base units still fit in a uint256)."""
+
+
+class InputError(ValueError):
+    """A command-line value or input file is wrong (exit 65)."""
+
+
+class VerifierUnavailable(Exception):
+    """The delegation verifier could not reach what it checks against (exit 69)."""
 
 
 def verify_portfolio_delegations(

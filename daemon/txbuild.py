@@ -26,6 +26,9 @@ from typing import Final, Protocol
 
 import attrs
 
+from daemon.authority import (
+    kind_of,
+)
 from daemon.chain import to_address
 from daemon.config import DelegationConfig
 from daemon.delegation import (
@@ -33,7 +36,6 @@ from daemon.delegation import (
     Execution,
     PortfolioDelegations,
     encode_redeem_delegations,
-    kind_of,
 )
 from daemon.guard import GuardBound, guard_terms_of
 from daemon.uniswap import encode_approve, encode_swap_exact_tokens_for_tokens

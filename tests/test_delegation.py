@@ -21,6 +21,10 @@ from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
 from daemon import exitcodes
+from daemon.authority import (
+    least_authority_problems,
+    nonce_problems,
+)
 from daemon.chain import ChainClient, encode_call, to_address
 from daemon.cli_delegation import GuardEntry, register
 from daemon.config import Config, DelegationConfig, GuardConfig, Secret, Secrets
@@ -41,8 +45,6 @@ from daemon.delegation import (
     decode_timestamp,
     dump_delegation_file,
     encode_redeem_delegations,
-    least_authority_problems,
-    nonce_problems,
     nonce_terms,
     parse_delegation_file,
     recover_signer,
@@ -51,7 +53,7 @@ from daemon.delegation import (
     timestamp_terms,
     value_lte_terms,
 )
-from daemon.devnet import (
+from daemon.devtools.devnet import (
     Devnet,
     SmartAccount,
     devnet_key,
