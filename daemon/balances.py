@@ -145,8 +145,6 @@ class BalanceBatcher:
         self._send, self._receive = trio.open_memory_channel[BalanceRead](queue_size)
         self._slots = trio.Semaphore(max_in_flight)
         self._tokens: dict[str, str] = {}
-        self.reads = 0
-        """Reads taken into a batch (answered, or left out because their caller was gone)."""
         self.batches = 0
         """JSON-RPC batches sent."""
         self.calls = 0
@@ -313,7 +311,6 @@ class BalanceBatcher:
                 _answer(request, _balances_of(request, outcomes[start:end], block))
                 start = end
         finally:
-            self.reads += len(group)
             for request in group:
                 request.reply.close()
             self._slots.release()

@@ -6,9 +6,9 @@ plain data; asyncpg ``Record`` objects never leave it.
 Why a bridge, and which one
 ---------------------------
 asyncpg runs only on asyncio. Two ways to call it from Trio were measured on this machine (2
-vCPUs, PostgreSQL 15 from :mod:`daemon.pgserver`, pool of 10, 100 concurrent tasks each running
-``SELECT $1::int`` in a loop, 4 s per row; ``benchmarks/bench_db.py`` prints these rows, next to
-plain asyncio on the same server in the same run)::
+vCPUs, PostgreSQL 15 from :mod:`daemon.devtools.pgserver`, pool of 10, 100 concurrent tasks each
+running ``SELECT $1::int`` in a loop, 4 s per row; ``benchmarks/bench_db.py`` prints these rows,
+next to plain asyncio on the same server in the same run)::
 
                                          idle loop                    CPU-busy loop (*)
                                          q/s     p50      p99         q/s    p50       p99
@@ -138,9 +138,6 @@ IntentStatus = Literal["SIGNED", "BROADCAST", "CONFIRMED", "REVERTED", "REPLACED
 IntentPurpose = Literal["approve", "swap", "cancel"]
 """What a transaction does: an ERC-20 approve, a swap (or a redemption of swaps), or a 0-value
 self-transfer that consumes a nonce whose trade must not happen any more."""
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
-    {"SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"}
-)
 TRADED_STATUSES: Final[tuple[str, ...]] = ("SUCCESS", "PARTIAL")
 """Attempts that moved tokens: they start the cooldown."""
 LIVE_INTENT_STATUSES: Final[frozenset[str]] = frozenset({"SIGNED", "BROADCAST"})

@@ -35,7 +35,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from daemon.chain import ChainClient, encode_call, function_selector, to_address
-from daemon.delegation import Caveat, Delegation, PortfolioDelegations
+from daemon.delegation import Caveat, Delegation
 
 USD_DECIMALS: Final = 18
 BPS: Final = 10_000
@@ -191,22 +191,6 @@ class GuardTerms:
 def guard_caveat(guard: str, terms: GuardTerms) -> Caveat:
     """The caveat that puts ``terms`` under the guard deployed at ``guard``."""
     return Caveat(enforcer=guard, terms=terms.encode())
-
-
-def with_guard(
-    delegations: PortfolioDelegations, guard: str, terms: GuardTerms
-) -> PortfolioDelegations:
-    """``delegations`` with the guard caveat added to the swap delegation (unsigned again).
-
-    Only the swap delegation moves value: the approve delegation can grant only the router an
-    allowance, and the router spends it only for its caller, i.e. for the account's own swaps.
-    """
-    swap = attrs.evolve(
-        delegations.swap,
-        caveats=(*delegations.swap.caveats, guard_caveat(guard, terms)),
-        signature=b"",
-    )
-    return attrs.evolve(delegations, swap=swap)
 
 
 def guard_terms_of(delegation: Delegation, guard: str) -> list[GuardTerms]:
