@@ -1,5 +1,6 @@
 """In-memory fakes of what :mod:`daemon.transactions` talks to: a node (mempool + chain of one
-signer) and the ``tx_intent`` store, with scriptable faults.
+signer) and the ``tx_intent`` store, with scriptable faults; and of what the executor reads
+besides (:class:`FakeChainClient`, :class:`FakePools`, sharing the node's head).
 
 Both append to one shared event log (``("recorded", hash)``, ``("send", hash)``,
 ``("accepted", hash)``, ``("mined", hash)``, ``("status", hash, status)``) so tests can assert
@@ -15,9 +16,21 @@ from typing import Any
 
 import attrs
 import trio
+from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from daemon.chain import ChainError, FeeData, Receipt, RpcError, RpcTransportError, hex_of
+from daemon.chain import (
+    Block,
+    ChainError,
+    FeeData,
+    Receipt,
+    Reverted,
+    RpcError,
+    RpcTransportError,
+    function_selector,
+    hex_of,
+    to_address,
+)
 from daemon.db import (
     LIVE_INTENT_STATUSES,
     ConstraintViolation,
@@ -29,6 +42,7 @@ from daemon.db import (
     TxReceipt,
 )
 from daemon.transactions import CANCEL_GAS, NodeView
+from daemon.uniswap import NoRoute, Quote, get_amounts_out
 
 GWEI = 10**9
 CHAIN_ID = 31337
@@ -262,6 +276,8 @@ class FakeNode:
     refuse: Callable[[TxIntent], ChainError | None] | None = None
     observe_errors: list[ChainError] = attrs.Factory(list)
     revert_hashes: set[str] = attrs.Factory(set)
+    reverts: Callable[[TxIntent], bool] | None = None
+    """Reverts these when mined (a predicate, for hashes not known in advance)."""
     hidden: set[str] = attrs.Factory(set)
     signed: dict[bytes, TxIntent] = attrs.Factory(dict)
     by_hash: dict[str, TxIntent] = attrs.Factory(dict)
@@ -399,13 +415,16 @@ class FakeNode:
         self.receipts[tx.tx_hash] = Receipt(
             transaction_hash=tx.tx_hash,
             block_number=self.block_number,
-            status=0 if tx.tx_hash in self.revert_hashes else 1,
+            status=0 if self._reverted(tx) else 1,
             gas_used=gas * 4 // 5 if tx.purpose != "cancel" else gas,
             effective_gas_price=self.base_fee + self._tip(tx),
             logs=(),
         )
         self._consume(tx.nonce, tx.tx_hash)
         return tx.tx_hash
+
+    def _reverted(self, tx: TxIntent) -> bool:
+        return tx.tx_hash in self.revert_hashes or (self.reverts is not None and self.reverts(tx))
 
     def consume_by_other(self) -> int:
         """Another transaction of this signer (another process, a wallet) takes the next
@@ -425,3 +444,127 @@ class FakeNode:
 
 def transport_error(message: str = "connection reset by peer") -> RpcTransportError:
     return RpcTransportError(message)
+
+
+# --- the chain client and the pools, as the executor reads them ---------------------------------
+
+ALLOWANCE = function_selector("allowance(address,address)")
+BALANCE_OF = function_selector("balanceOf(address)")
+LATEST_ROUND_DATA = function_selector("latestRoundData()")
+PERIOD_LOSS = function_selector("periodLoss(address,address,bytes)")
+
+
+def _word(value: int, *, signed: bool = False) -> bytes:
+    return value.to_bytes(32, "big", signed=signed)
+
+
+@attrs.define(eq=False)
+class FakeChainClient:
+    """The part of :class:`daemon.chain.ChainClient` the executor reads besides the lifecycle's
+    :class:`FakeNode` (whose head it shares): the latest block, gas estimates, ``eth_call``
+    batches of ``allowance`` / ``balanceOf`` / ``latestRoundData`` / ``periodLoss``, and the
+    revert reason of a mined transaction. Every question is appended to ``asked``.
+
+    An ``eth_call`` this fake does not know fails the test (AssertionError), rather than answer
+    something the code may take for a fact."""
+
+    node: FakeNode
+    allowances: dict[tuple[str, str, str], int] = attrs.Factory(dict)
+    """(token, owner, spender) → allowance; 0 when absent."""
+    balances: dict[tuple[str, str], int] = attrs.Factory(dict)
+    """(token, owner) → balance; 0 when absent."""
+    feeds: dict[str, tuple[int, int]] = attrs.Factory(dict)
+    """feed → (answer, updatedAt)."""
+    period_loss: int = 0
+    gas: int = 120_000
+    estimate_reverts: str | None = None
+    """Every gas estimate raises :class:`Reverted` with this reason."""
+    revert_reason: str = ""
+    """What replaying a reverted transaction says."""
+    asked: list[str] = attrs.Factory(list)
+
+    async def latest_block(self) -> Block:
+        await trio.lowlevel.checkpoint()
+        self.asked.append("latest_block")
+        return Block(
+            number=self.node.block_number,
+            timestamp=self.node.head_timestamp,
+            base_fee=self.node.base_fee,
+            hash="0x" + f"{self.node.block_number:064x}",
+        )
+
+    async def estimate_gas(
+        self, to: str, data: bytes, *, sender: str | None = None, value: int = 0
+    ) -> int:
+        await trio.lowlevel.checkpoint()
+        self.asked.append("estimate_gas")
+        if self.estimate_reverts is not None:
+            raise Reverted(self.estimate_reverts)
+        return self.gas
+
+    async def call_many(
+        self, calls: Sequence[tuple[str, bytes]], *, block: str | int = "latest"
+    ) -> list[bytes]:
+        await trio.lowlevel.checkpoint()
+        self.asked.append("call_many")
+        return [self._call(to_address(to), data) for to, data in calls]
+
+    def _call(self, to: str, data: bytes) -> bytes:
+        selector, args = data[:4], data[4:]
+        if selector == ALLOWANCE:
+            owner, spender = abi_decode(["address", "address"], args)
+            key = (to, to_address(owner), to_address(spender))
+            return _word(self.allowances.get(key, 0))
+        if selector == BALANCE_OF:
+            (owner,) = abi_decode(["address"], args)
+            return _word(self.balances.get((to, to_address(owner)), 0))
+        if selector == LATEST_ROUND_DATA:
+            # (roundId, answer, startedAt, updatedAt, answeredInRound)
+            answer, updated_at = self.feeds[to]
+            words = [1, answer, updated_at, updated_at, 1]
+            return b"".join(_word(w, signed=True) for w in words)
+        if selector == PERIOD_LOSS:
+            return _word(self.period_loss)
+        raise AssertionError(f"unexpected eth_call to {to}: {data[:4].hex()}")
+
+    async def revert_reason_of(self, tx_hash: str) -> Reverted | None:
+        await trio.lowlevel.checkpoint()
+        self.asked.append("revert_reason_of")
+        receipt = self.node.receipts.get(tx_hash)
+        if receipt is None or receipt.succeeded:
+            return None
+        return Reverted(self.revert_reason)
+
+
+@attrs.define(eq=False)
+class FakePools:
+    """:meth:`daemon.uniswap.UniswapV2.quote` over in-memory reserves of direct pairs, with the
+    router's exact arithmetic (:func:`daemon.uniswap.get_amounts_out`). ``quoted`` logs each
+    ``(token_in, token_out, amount_in)`` asked."""
+
+    node: FakeNode
+    reserves: dict[tuple[str, str], tuple[int, int]] = attrs.Factory(dict)
+    quoted: list[tuple[str, str, int]] = attrs.Factory(list)
+
+    def set_pool(self, token_a: str, reserve_a: int, token_b: str, reserve_b: int) -> None:
+        self.reserves[(to_address(token_a), to_address(token_b))] = (reserve_a, reserve_b)
+
+    def _hop(self, token_in: str, token_out: str) -> tuple[int, int]:
+        if (token_in, token_out) in self.reserves:
+            return self.reserves[(token_in, token_out)]
+        if (token_out, token_in) in self.reserves:
+            reserve_out, reserve_in = self.reserves[(token_out, token_in)]
+            return reserve_in, reserve_out
+        raise NoRoute(f"no pair for {token_in}/{token_out}")
+
+    async def quote(self, token_in: str, token_out: str, amount_in: int) -> Quote:
+        await trio.lowlevel.checkpoint()
+        token_in, token_out = to_address(token_in), to_address(token_out)
+        self.quoted.append((token_in, token_out, amount_in))
+        hops = (self._hop(token_in, token_out),)
+        return Quote(
+            path=(token_in, token_out),
+            amounts=tuple(get_amounts_out(amount_in, hops)),
+            reserves=hops,
+            block_number=self.node.block_number,
+        )
