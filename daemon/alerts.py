@@ -19,6 +19,7 @@ The payload is Slack-compatible (``text``) with the structured fields beside it.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -28,6 +29,7 @@ import attrs
 import httpx
 import trio
 
+from daemon.backoff import Backoff
 from daemon.logs import get_logger
 
 ALERT_KINDS: Final = frozenset(
@@ -158,7 +160,8 @@ class AlertSink:
         if not url:
             return
         body = json.dumps(alert.payload(), default=str).encode()
-        delay = self._backoff_initial
+        # No ceiling: WEBHOOK_ATTEMPTS bounds the waits.
+        schedule = Backoff(initial=self._backoff_initial, maximum=math.inf, jitter=0.5)
         for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
             try:
                 response = await client.post(
@@ -178,6 +181,5 @@ class AlertSink:
                 "alert_delivery_failed", kind=alert.kind, attempt=attempt, error=problem
             )
             if attempt < WEBHOOK_ATTEMPTS:
-                await trio.sleep(delay * self._rng.uniform(0.5, 1.0))
-                delay *= 2
+                await trio.sleep(schedule.delay(attempt - 1, self._rng))
         self.failed_deliveries += 1

@@ -25,12 +25,14 @@ import trio
 
 from daemon import db as dbm
 from daemon import package_version
+from daemon.address import to_address
 from daemon.alerts import AlertSettings, AlertSink
 from daemon.authority import (
     least_authority_problems,
 )
+from daemon.backoff import Backoff
 from daemon.balances import BalanceBatcher
-from daemon.chain import ChainClient, ChainError, TxSigner, encode_call, to_address
+from daemon.chain import ChainClient, ChainError, TxSigner, encode_call
 from daemon.coingecko import CoinGeckoSource
 from daemon.config import (
     Config,
@@ -662,16 +664,16 @@ async def retry_database(work: Callable[[], Awaitable[None]], what: str) -> None
     exponential backoff, never raised: an outage must not end the process (the probes report
     it in health)."""
     log = get_logger(actor="app")
-    delay = DB_RETRY_INITIAL
+    schedule = Backoff(initial=DB_RETRY_INITIAL, maximum=DB_RETRY_MAX)
     failures = 0
     while True:
         try:
             await work()
         except dbm.DatabaseError as exc:
+            delay = schedule.delay(failures)
             failures += 1
             log.warning(f"{what}_failed", error=str(exc), attempt=failures, retry_in=delay)
             await trio.sleep(delay)
-            delay = min(delay * 2, DB_RETRY_MAX)
             continue
         if failures:
             log.info(f"{what}_recovered", attempts=failures + 1)

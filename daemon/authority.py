@@ -15,7 +15,8 @@ from typing import Literal
 
 import attrs
 
-from daemon.chain import ChainClient, Reverted, to_address
+from daemon.address import to_address
+from daemon.chain import ChainClient, Reverted
 from daemon.config import DelegationConfig, GuardConfig
 from daemon.delegation import (
     ROOT_AUTHORITY,

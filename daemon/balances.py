@@ -52,6 +52,7 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from daemon.address import to_address
 from daemon.chain import (
     ChainClient,
     ChainError,
@@ -59,7 +60,6 @@ from daemon.chain import (
     RpcCall,
     RpcTransportError,
     function_selector,
-    to_address,
 )
 from daemon.logs import get_logger
 

@@ -41,9 +41,10 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from daemon.address import to_address
+from daemon.backoff import Backoff
 from daemon.config import ChainConfig, Secret, private_key_bytes
 
 Json = Any
@@ -53,11 +54,6 @@ Json = Any
 def function_selector(signature: str) -> bytes:
     """The 4-byte selector of a canonical signature such as ``"transfer(address,uint256)"``."""
     return keccak(text=signature)[:4]
-
-
-def to_address(value: str | bytes) -> str:
-    """A checksummed ``0x`` address from hex text or 20 raw bytes (raises ``ValueError``)."""
-    return str(to_checksum_address(value))
 
 
 def encode_call(signature: str, *args: Any) -> bytes:
@@ -400,8 +396,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (0-based): half fixed, half random."""
-        ceiling: float = min(self.max_backoff, self.initial_backoff * 2.0**attempt)
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        schedule = Backoff(initial=self.initial_backoff, maximum=self.max_backoff, jitter=0.5)
+        return schedule.delay(attempt, rng)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from daemon import exitcodes
+from daemon.address import checked_address
 from daemon.chain import ChainError, ChainIdMismatch
-from daemon.config import Config, checked_address
+from daemon.config import Config
 from daemon.db import (
     ConstraintViolation,
     Database,
@@ -74,7 +75,6 @@ MAX_DELEGATION_NESTING: Final = 16
 """Deepest ``[``/``{`` nesting read (the Toolkit's shape needs 3): deeper input is refused
 before ``json.loads``, whose C decoder can overflow the stack once py_ecc has raised the
 recursion limit."""
-_ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HEX_RE: Final = re.compile(r"^0x([0-9a-fA-F]{2})*$")
 _BYTES32_RE: Final = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _SYMBOL_RE: Final = re.compile(r"^[A-Za-z0-9._+-]{1,32}$")
@@ -159,10 +159,10 @@ def register(
 # ============================================================================ validation
 
 
-def parse_address(value: str, what: str) -> str:
+def parse_address(value: object, what: str) -> str:
     """A checksummed address, or :class:`InputError` naming ``what``: not an address, a wrong
     EIP-55 checksum (never silently re-checksummed) or the zero address
-    (:func:`daemon.config.checked_address`)."""
+    (:func:`daemon.address.checked_address`)."""
     try:
         return checked_address(value)
     except ValueError as exc:
@@ -224,8 +224,8 @@ def validate_delegations(document: Any, smart_account: str) -> list[dict[str, An
         for key in ("delegate", "delegator", "authority", "caveats", "salt", "signature"):
             if key not in item:
                 raise InputError(f"{where}.{key}: missing")
-        _require_hex(item["delegate"], f"{where}.delegate", _ADDRESS_RE, "a 0x address")
-        _require_hex(item["delegator"], f"{where}.delegator", _ADDRESS_RE, "a 0x address")
+        parse_address(item["delegate"], f"{where}.delegate")
+        parse_address(item["delegator"], f"{where}.delegator")
         _require_hex(item["authority"], f"{where}.authority", _BYTES32_RE, "a 0x 32-byte hex")
         _require_hex(item["signature"], f"{where}.signature", _HEX_RE, "0x-prefixed hex bytes")
         if item["signature"] == "0x":
@@ -247,7 +247,7 @@ def validate_delegations(document: Any, smart_account: str) -> list[dict[str, An
             for key in ("enforcer", "terms", "args"):
                 if key not in caveat:
                     raise InputError(f"{cwhere}.{key}: missing")
-            _require_hex(caveat["enforcer"], f"{cwhere}.enforcer", _ADDRESS_RE, "a 0x address")
+            parse_address(caveat["enforcer"], f"{cwhere}.enforcer")
             _require_hex(caveat["terms"], f"{cwhere}.terms", _HEX_RE, "0x-prefixed hex bytes")
             _require_hex(caveat["args"], f"{cwhere}.args", _HEX_RE, "0x-prefixed hex bytes")
     return document

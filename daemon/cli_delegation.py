@@ -32,21 +32,14 @@ import attrs
 import trio
 
 from daemon import exitcodes
+from daemon.address import checked_address, to_address
 from daemon.authority import (
     kind_of,
     least_authority_problems,
     nonce_problems,
 )
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    ChainIdMismatch,
-    Reverted,
-    TxSigner,
-    encode_call,
-    to_address,
-)
-from daemon.config import Config, GuardConfig, checked_address
+from daemon.chain import ChainClient, ChainError, ChainIdMismatch, Reverted, TxSigner, encode_call
+from daemon.config import Config, GuardConfig
 from daemon.delegation import (
     Caveat,
     Delegation,

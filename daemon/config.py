@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import attrs
 
+from daemon.address import checked_address
+
 DEFAULT_CONFIG_PATH: Final = Path("/etc/driftd/config.toml")
 ENV_CONFIG_PATH: Final = "DRIFTD_CONFIG"
 ENV_PREFIX: Final = "DRIFTD_"
@@ -41,7 +43,6 @@ COINGECKO_KEY_ENV: Final = "DRIFTD_COINGECKO_API_KEY"
 SIGNER_CREDENTIAL: Final = "signer-key"
 COINGECKO_CREDENTIAL: Final = "coingecko-api-key"
 
-_ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 # user:password@ (a port followed by a path is not a password).
 _URL_PASSWORD_RE: Final = re.compile(r"(?<=://)([^:/@]+):(?!\d*[/?#])([^@]*)@")
 MASK: Final = "***"
@@ -303,34 +304,6 @@ def _choice(*choices: str) -> Parser:
         return value
 
     return parse
-
-
-ZERO_ADDRESS: Final = "0x" + "0" * 40
-
-
-def checked_address(value: str) -> str:
-    """``value`` as a checksummed address, or ``ValueError`` saying what is wrong with it.
-
-    Refused: anything but ``0x`` and 40 hex digits; a mixed-case spelling whose EIP-55 checksum
-    does not match (it is not re-checksummed: a mismatch almost always means a typo, and the
-    typo'd address is someone else's); the zero address. All-lowercase and all-uppercase hex
-    carry no checksum and are accepted (EIP-55).
-    """
-    text = value.strip()
-    if not _ADDRESS_RE.match(text):
-        raise ValueError(f"must be a 0x-prefixed 20-byte hex address, got {_shown(value)}")
-    from eth_utils.address import to_checksum_address
-
-    checksummed = str(to_checksum_address(text))
-    digits = text[2:]
-    if digits not in (digits.lower(), digits.upper()) and text != checksummed:
-        raise ValueError(
-            f"{text} does not match its EIP-55 checksum (its mixed case is wrong: most likely a "
-            "typo, and a typo'd address is someone else's; copy it again from its source)"
-        )
-    if checksummed == ZERO_ADDRESS:
-        raise ValueError("is the zero address (0x000…000), which is nobody's contract or account")
-    return checksummed
 
 
 def _address(raw: Any) -> str:

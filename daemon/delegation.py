@@ -38,7 +38,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils.crypto import keccak
 
-from daemon.chain import ChainClient, Reverted, encode_call, hex_of, to_address
+from daemon.address import checked_address, to_address
+from daemon.chain import ChainClient, Reverted, encode_call, hex_of
 from daemon.config import DelegationConfig, Secret
 from daemon.uniswap import (
     APPROVE_SELECTOR,
@@ -487,7 +488,6 @@ def encode_redeem_delegations(redemptions: Sequence[tuple[Delegation, Execution]
 # --- the delegation file --------------------------------------------------------------------
 
 _HEX_RE: Final = re.compile(r"^0x([0-9a-fA-F]{2})*$")
-_ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 def _field(item: Mapping[str, Any], key: str, where: str) -> Any:
@@ -509,13 +509,12 @@ def _hex_field(
 
 
 def _address_field(item: Mapping[str, Any], key: str, where: str) -> str:
-    value = _field(item, key, where)
-    if not isinstance(value, str) or not _ADDRESS_RE.match(value):
-        raise DelegationFormatError(f"{where}.{key}: must be a 0x-prefixed 20-byte address")
+    # A delegation file is written by people and their tools: the strict rule, as for the
+    # configuration (a wrong EIP-55 checksum or the zero address is refused).
     try:
-        return to_address(value)
-    except ValueError:
-        raise DelegationFormatError(f"{where}.{key}: invalid address checksum") from None
+        return checked_address(_field(item, key, where))
+    except ValueError as exc:
+        raise DelegationFormatError(f"{where}.{key}: {exc}") from None
 
 
 def _salt_field(item: Mapping[str, Any], where: str) -> int:

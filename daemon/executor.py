@@ -40,15 +40,9 @@ import trio
 from eth_utils.crypto import keccak
 
 from daemon import db as dbm
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    Receipt,
-    Reverted,
-    TxSigner,
-    encode_call,
-    to_address,
-)
+from daemon.address import to_address
+from daemon.backoff import Backoff
+from daemon.chain import ChainClient, ChainError, Receipt, Reverted, TxSigner, encode_call
 from daemon.drift import Leg, from_base_units
 from daemon.guard import PlannedSwap, guard_refusal
 from daemon.lease import InstanceIdentity, SignerLeaseHolder
@@ -76,6 +70,7 @@ GAS_HISTORY_MIN: Final = 3
 """Rebalances of a kind seen before their median serves as the expected gas cost."""
 WATCH_SECONDS: Final = 1.0
 """How often liveness (stuck transactions, a blocked signer) is re-evaluated."""
+STORE_RETRY_INITIAL: Final = 0.2
 STORE_RETRY_MAX: Final = 10.0
 
 
@@ -699,15 +694,17 @@ class Executor:
     async def _until_stored(self, write: Callable[[], Any], log: Any) -> Any:
         """A write the attempt cannot end without: retried until the database takes it (the
         executor waits through an outage rather than lose an outcome)."""
-        delay = 0.2
+        schedule = Backoff(initial=STORE_RETRY_INITIAL, maximum=STORE_RETRY_MAX)
+        attempt = 0
         while True:
             try:
                 return await write()
             except (dbm.DatabaseUnavailable, dbm.QueryTimeout) as exc:
                 self.status.last_loop_at = trio.current_time()  # alive, waiting for the database
+                delay = schedule.delay(attempt)
                 log.warning("database_write_retry", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
-                delay = min(STORE_RETRY_MAX, delay * 2)
+                attempt += 1
 
 
 @attrs.define

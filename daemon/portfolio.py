@@ -26,6 +26,7 @@ import attrs
 import trio
 from structlog.typing import FilteringBoundLogger
 
+from daemon.backoff import Backoff
 from daemon.chain import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.drift import Decision, EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
@@ -278,7 +279,10 @@ def failure_backoff(failures: int, initial: float, ceiling: float) -> timedelta:
     """Wait after the ``failures``-th consecutive FAILED attempt: doubling, capped."""
     if failures <= 0:
         return timedelta(0)
-    return timedelta(seconds=min(ceiling, initial * 2 ** min(failures - 1, 30)))
+    # The doubling stops after 30 steps whatever the ceiling (as it always has): folded into
+    # the maximum, since min(c, i·2^min(n, 30)) = min(c, i·2^30, i·2^n).
+    schedule = Backoff(initial=initial, maximum=min(ceiling, initial * 2**30))
+    return timedelta(seconds=schedule.delay(failures - 1))
 
 
 async def _maybe_record_valuation(

@@ -37,6 +37,7 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 
+from daemon.address import to_address
 from daemon.authority import (
     authority_of,
     kind_of,
@@ -52,7 +53,6 @@ from daemon.chain import (
     encode_call,
     hex_bytes,
     hex_of,
-    to_address,
 )
 from daemon.config import Config, DelegationConfig
 from daemon.delegation import (

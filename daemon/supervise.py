@@ -25,6 +25,7 @@ from typing import Generic, NoReturn, TypeVar
 import attrs
 import trio
 
+from daemon.backoff import Backoff
 from daemon.logs import get_logger
 
 S = TypeVar("S")
@@ -42,8 +43,8 @@ class RestartPolicy:
 
     def delay(self, consecutive: int, rng: random.Random) -> float:
         """Seconds to wait before restart number ``consecutive`` (1-based)."""
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** (consecutive - 1))
-        return base * rng.uniform(0.5, 1.0)
+        schedule = Backoff(initial=self.backoff_initial, maximum=self.backoff_max, jitter=0.5)
+        return schedule.delay(consecutive - 1, rng)
 
 
 @attrs.define(eq=False)

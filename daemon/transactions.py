@@ -48,6 +48,8 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import attrs
 import trio
 
+from daemon.address import to_address
+from daemon.backoff import Backoff
 from daemon.chain import (
     ChainClient,
     ChainError,
@@ -61,7 +63,6 @@ from daemon.chain import (
     TxSigner,
     hex_int,
     hex_of,
-    to_address,
 )
 from daemon.db import (
     DatabaseError,
@@ -86,6 +87,13 @@ STORE_RETRY_MAX: Final = 10.0
 """Seconds between retries of a write the lifecycle cannot go on without, at most."""
 
 TxOutcome = Literal["mined", "cancelled", "consumed"]
+
+
+def _resend_backoff(settings: LifecycleSettings) -> Backoff:
+    """Wait after the n-th failed check or send: ``poll_interval`` doubled per failure, the
+    doubling stopping after 8 steps, never over :data:`RESEND_BACKOFF_MAX`."""
+    ceiling = min(RESEND_BACKOFF_MAX, settings.poll_interval * 2**8)
+    return Backoff(initial=settings.poll_interval, maximum=ceiling)
 
 
 class SignerBlocked(Exception):
@@ -455,8 +463,7 @@ class SignerTransactions:
                     failures += 1
                     slot.trouble = str(exc)
                     log.warning("tx_check_failed", error=str(exc), failures=failures)
-                    backoff = settings.poll_interval * 2 ** min(failures, 8)
-                    await trio.sleep(min(RESEND_BACKOFF_MAX, backoff))
+                    await trio.sleep(_resend_backoff(settings).delay(failures))
                     continue
                 failures = 0
                 if view.chain_id != self.chain_id:
@@ -559,8 +566,7 @@ class SignerTransactions:
             log.warning("tx_send_failed", tx_hash=newest.tx_hash, error=slot.last_send_error)
         else:
             slot.last_send_error = None
-        backoff = settings.poll_interval * 2 ** min(slot.failed_sends, 8)
-        slot.next_send_at = now + min(RESEND_BACKOFF_MAX, backoff)
+        slot.next_send_at = now + _resend_backoff(settings).delay(slot.failed_sends)
         anything_known = any(h in view.known for h in slot.hashes)
         if (
             slot.refusals >= UNSENDABLE_AFTER
@@ -744,15 +750,17 @@ class SignerTransactions:
     async def _until_stored(self, write: Callable[[], Awaitable[T]], log: Any) -> T:
         """A write the lifecycle cannot go on without: retried while the database is
         unreachable (anything else is a bug, raised: the process restarts into recovery)."""
-        delay = self.settings().poll_interval
+        schedule = Backoff(initial=self.settings().poll_interval, maximum=STORE_RETRY_MAX)
+        attempt = 0
         while True:
             try:
                 return await write()
             except (DatabaseUnavailable, QueryTimeout) as exc:
                 self.progress_at = trio.current_time()  # alive, waiting for the database
+                delay = schedule.delay(attempt)
                 log.warning("tx_outcome_not_recorded", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
-                delay = min(STORE_RETRY_MAX, delay * 2)
+                attempt += 1
 
 
 def _plan_of(intent: TxIntent) -> TxPlan | None:

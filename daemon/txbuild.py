@@ -26,10 +26,10 @@ from typing import Final, Protocol
 
 import attrs
 
+from daemon.address import to_address
 from daemon.authority import (
     kind_of,
 )
-from daemon.chain import to_address
 from daemon.config import DelegationConfig
 from daemon.delegation import (
     Delegation,

@@ -21,6 +21,7 @@ from typing import Final
 import attrs
 from eth_abi.abi import decode as abi_decode
 
+from daemon.address import ZERO_ADDRESS, to_address
 from daemon.chain import (
     Block,
     ChainClient,
@@ -30,12 +31,10 @@ from daemon.chain import (
     encode_call,
     function_selector,
     hex_int,
-    to_address,
 )
 
 FEE_NUMERATOR: Final = 997
 FEE_DENOMINATOR: Final = 1000
-ZERO_ADDRESS: Final = "0x0000000000000000000000000000000000000000"
 
 APPROVE: Final = "approve(address,uint256)"
 SWAP_EXACT_TOKENS_FOR_TOKENS: Final = (

@@ -19,6 +19,7 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
+from daemon.address import to_address
 from daemon.chain import (
     Block,
     ChainError,
@@ -29,7 +30,6 @@ from daemon.chain import (
     RpcTransportError,
     function_selector,
     hex_of,
-    to_address,
 )
 from daemon.db import (
     LIVE_INTENT_STATUSES,

@@ -32,7 +32,8 @@ import attrs
 import pytest
 
 from daemon import db as dbm
-from daemon.chain import ChainClient, hex_int, to_address
+from daemon.address import to_address
+from daemon.chain import ChainClient, hex_int
 
 REPORT_ENV = "TEST_RELIABILITY_REPORT"
 

@@ -217,7 +217,10 @@ def test_weights_within_tolerance_are_accepted() -> None:
         ([], "delegation: must be a non-empty JSON array"),
         (["x"], "delegation[0]: must be an object"),
         ([{k: v for k, v in _delegation().items() if k != "salt"}], "delegation[0].salt: missing"),
-        ([_delegation(delegate="0x12")], "delegation[0].delegate: must be a 0x address"),
+        (
+            [_delegation(delegate="0x12")],
+            "delegation[0].delegate: must be a 0x-prefixed 20-byte hex address",
+        ),
         ([_delegation(delegator="0x" + "99" * 20)], "delegation[0].delegator: "),
         ([_delegation(authority="0x00")], "delegation[0].authority"),
         ([_delegation(signature="0x")], "delegation[0].signature: is empty"),

@@ -21,11 +21,12 @@ from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
 from daemon import exitcodes
+from daemon.address import to_address
 from daemon.authority import (
     least_authority_problems,
     nonce_problems,
 )
-from daemon.chain import ChainClient, encode_call, to_address
+from daemon.chain import ChainClient, encode_call
 from daemon.cli_delegation import GuardEntry, register
 from daemon.config import Config, DelegationConfig, GuardConfig, Secret, Secrets
 from daemon.delegation import (

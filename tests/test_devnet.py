@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.chain import ChainClient, encode_call, erc20_decimals, to_address
+from daemon.address import to_address
+from daemon.chain import ChainClient, encode_call, erc20_decimals
 from daemon.devtools.devnet import (
     Devnet,
     NpmPackagesMissing,

@@ -28,7 +28,8 @@ from fakes_chain import (
 )
 from fakes_store import FakeDatabase
 
-from daemon.chain import TxSigner, to_address
+from daemon.address import to_address
+from daemon.chain import TxSigner
 from daemon.config import Secret
 from daemon.db import TxIntent
 from daemon.delegation import ROOT_AUTHORITY, Delegation, PortfolioDelegations

@@ -24,6 +24,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
+from daemon.address import to_address
 from daemon.chain import (
     ChainClient,
     Receipt,
@@ -33,7 +34,6 @@ from daemon.chain import (
     encode_call,
     function_selector,
     hex_bytes,
-    to_address,
 )
 from daemon.config import GuardConfig
 from daemon.delegation import (

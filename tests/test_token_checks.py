@@ -36,7 +36,8 @@ from test_daemon import evaluated, running_daemon, wait_for
 
 from daemon import db as dbm
 from daemon import exitcodes
-from daemon.chain import ChainClient, to_address
+from daemon.address import to_address
+from daemon.chain import ChainClient
 from daemon.cli_delegation import guard_terms
 from daemon.config import DatabaseConfig, GuardConfig
 from daemon.delegation import (

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from fakes_chain import CHAIN_ID, EPOCH, GWEI, FakeNode, FakeStore, rpc_error, transport_error
 
+from daemon.address import to_address
 from daemon.chain import (
     ChainError,
     FeeData,
@@ -27,7 +28,6 @@ from daemon.chain import (
     RpcTransportError,
     TxRequest,
     TxSigner,
-    to_address,
 )
 from daemon.config import Secret
 from daemon.db import (

@@ -16,8 +16,9 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from daemon.address import to_address
 from daemon.app import Daemon
-from daemon.chain import encode_call, function_selector, to_address
+from daemon.chain import encode_call, function_selector
 from daemon.cooldown import cooldown_remaining
 from daemon.db import RebalanceLogEntry
 from daemon.devtools.demo_setup import MAX_TRADE_USD, DemoEnvironment, spot_prices

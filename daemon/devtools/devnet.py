@@ -51,7 +51,8 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from daemon import create2
-from daemon.chain import ChainClient, encode_call, hex_bytes, hex_int, hex_of, to_address
+from daemon.address import to_address
+from daemon.chain import ChainClient, encode_call, hex_bytes, hex_int, hex_of
 from daemon.config import ChainConfig, DelegationConfig, GuardConfig, Secret
 from daemon.create2 import GUARD_CONTRACT, GUARD_SALT
 from daemon.solidity import SETUP_HINT, CompilerMissing, SolidityError, compile_contracts
