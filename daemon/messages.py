@@ -52,6 +52,15 @@ class PricePoint:
 
 
 @attrs.frozen
+class NoPrices:
+    """Why a portfolio has no usable prices this tick (the reason names the token)."""
+
+    reason: str
+    stale: bool
+    """The price exists but is too old (the source or the node is behind): PRICE_STALE."""
+
+
+@attrs.frozen
 class PriceSnapshot:
     """Every token's latest price at one tick; published whole, never mutated."""
 
@@ -68,31 +77,35 @@ class PriceSnapshot:
 
     def usable_prices(
         self, symbols: list[str], now: datetime, max_age: float
-    ) -> dict[str, Decimal] | str:
+    ) -> dict[str, Decimal] | NoPrices:
         """USD prices of ``symbols`` if every one is present, fresh, positive and finite and, for
         router prices, read at a head younger than :attr:`max_head_age`; otherwise the reason
-        there is no trade (naming the token)."""
+        there is no trade (naming the token), and whether it is staleness."""
         out: dict[str, Decimal] = {}
         for symbol in symbols:
             point = self.prices.get(symbol)
             if point is None:
                 why = next((p for p in self.problems if p.startswith(f"{symbol}: ")), None)
-                return f"No trade: price for {symbol} is missing" + (f" ({why})" if why else "")
+                reason = f"No trade: price for {symbol} is missing" + (f" ({why})" if why else "")
+                return NoPrices(reason, stale=False)
             if not point.usd.is_finite() or point.usd <= 0:
-                return f"No trade: price for {symbol} is invalid: {point.usd}"
+                reason = f"No trade: price for {symbol} is invalid: {point.usd}"
+                return NoPrices(reason, stale=False)
             age = (now - point.observed_at).total_seconds()
             if age > max_age:
-                return (
+                return NoPrices(
                     f"No trade: price for {symbol} is stale "
-                    f"({math.floor(age)} s old, max_age {math.floor(max_age)} s)"
+                    f"({math.floor(age)} s old, max_age {math.floor(max_age)} s)",
+                    stale=True,
                 )
             if point.block_timestamp is not None and self.max_head_age:
                 head_age = (now - point.block_timestamp).total_seconds()
                 if head_age > self.max_head_age:
-                    return (
+                    return NoPrices(
                         f"No trade: price for {symbol} is stale (read at block "
                         f"{point.block_number}, {math.floor(head_age)} s old, max_head_age "
-                        f"{math.floor(self.max_head_age)} s)"
+                        f"{math.floor(self.max_head_age)} s)",
+                        stale=True,
                     )
             out[symbol] = point.usd
         return out

@@ -32,7 +32,7 @@ from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.drift import Decision, EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
 from daemon.latest import Latest
 from daemon.logs import get_logger
-from daemon.messages import PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+from daemon.messages import NoPrices, PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
 
 VALUATION_EVERY: Final = 300.0
 """Seconds between stored valuation snapshots of one portfolio."""
@@ -160,10 +160,10 @@ async def evaluate_portfolio(
         return _skip(state, log, "No trade: no price snapshot yet")
     symbols = [token.symbol for token in spec.tokens]
     prices = snapshot.usable_prices(symbols, now, params.max_price_age)
-    if isinstance(prices, str):
-        if "stale" in prices:
-            deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices})
-        return _skip(state, log, prices)
+    if isinstance(prices, NoPrices):
+        if prices.stale:
+            deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices.reason})
+        return _skip(state, log, prices.reason)
     try:
         by_address, balances_block = await deps.read_balances(
             spec.account, [t.address for t in spec.tokens]

@@ -41,7 +41,7 @@ from daemon.chain import ChainError
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
 from daemon.logs import get_logger
-from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
+from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token
 from daemon.uniswap import InsufficientLiquidity, NoRoute, UniswapV2, spot_price
 
 DIVERGED = "DIVERGED"
@@ -289,11 +289,15 @@ class StaleWatch:
         self.recovered = None
         reasons: dict[str, str] = {}
         for symbol in symbols:
-            usable = snapshot.usable_prices([symbol], now, max_age) if snapshot else "no price yet"
-            if not isinstance(usable, str):
+            usable = (
+                snapshot.usable_prices([symbol], now, max_age)
+                if snapshot
+                else NoPrices("no price yet", stale=False)
+            )
+            if not isinstance(usable, NoPrices):
                 self.usable_at[symbol] = now
             elif (now - self.usable_at.get(symbol, self.since)).total_seconds() > max_age:
-                reasons[symbol] = usable
+                reasons[symbol] = usable.reason
         if not reasons:
             if self.stale_since is not None:
                 self.recovered = (now - self.stale_since).total_seconds()

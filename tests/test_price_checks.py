@@ -38,7 +38,7 @@ from daemon.control import DaemonControls
 from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
 from daemon.drift import Holding, evaluate
 from daemon.latest import Latest
-from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
+from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token
 from daemon.prices import (
     DIVERGED,
     UNVERIFIED,
@@ -143,8 +143,9 @@ COINGECKO_CASES: Final[tuple[tuple[str, int, bytes, str], ...]] = (
 def outcome_of(snapshot: PriceSnapshot, logs: list[dict[str, Any]]) -> str:
     if "WETH" in snapshot.prices:
         usable = snapshot.usable_prices(["WETH"], T0, 300)
-        if isinstance(usable, str):
-            assert usable.startswith("No trade: price for WETH is stale"), usable
+        if isinstance(usable, NoPrices):
+            assert usable.stale, usable
+            assert usable.reason.startswith("No trade: price for WETH is stale"), usable
             return STALE
         return PRICED
     assert any(p.startswith("WETH: ") for p in snapshot.problems), snapshot.problems
@@ -210,9 +211,10 @@ async def test_every_bad_coingecko_answer_has_a_clear_outcome(
             Decimal(body.split(b'"usd": ')[-1].split(b",")[0].decode())
         )
         usable = snapshot.usable_prices(["WETH"], T0, 300)
-        assert isinstance(usable, str)
-        assert usable.startswith("No trade: price for WETH is missing (WETH: price ")
-        assert "refused" in usable
+        assert isinstance(usable, NoPrices)
+        assert not usable.stale
+        assert usable.reason.startswith("No trade: price for WETH is missing (WETH: price ")
+        assert "refused" in usable.reason
 
 
 # --- 3. price sanity: refused, logged, and only the bad token's portfolios skip --------------
@@ -272,8 +274,8 @@ async def test_a_bad_price_is_refused_with_a_warning_and_the_others_keep_trading
     ]
     # A portfolio holding WETH skips, naming WETH and why; one without WETH trades on.
     holding_weth = snapshot.usable_prices(["USDC", "WETH"], T0, 300)
-    assert isinstance(holding_weth, str)
-    assert holding_weth.startswith("No trade: price for WETH is missing (WETH: price ")
+    assert isinstance(holding_weth, NoPrices)
+    assert holding_weth.reason.startswith("No trade: price for WETH is missing (WETH: price ")
     assert snapshot.usable_prices(["USDC", "WBTC"], T0, 300) == {
         "USDC": Decimal(1),
         "WBTC": Decimal(60000),
@@ -435,8 +437,10 @@ async def test_router_prices_from_a_node_stuck_on_an_old_head_are_stale(
                 )
     assert {p.block_number for p in snapshot.prices.values()} == {frozen.number}
     assert snapshot.max_head_age == 120
-    usable = snapshot.usable_prices(["USDC", "WETH"], chain_now, 300)
-    assert isinstance(usable, str)
+    refusal = snapshot.usable_prices(["USDC", "WETH"], chain_now, 300)
+    assert isinstance(refusal, NoPrices)
+    assert refusal.stale
+    usable = refusal.reason
     assert usable.startswith(f"No trade: price for USDC is stale (read at block {frozen.number}, ")
     assert usable.endswith(" s old, max_head_age 120 s)")
     age = int(usable.split(", ")[1].split(" s old")[0])

@@ -13,7 +13,7 @@ from http_server import Request, Response, loopback_http
 
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
-from daemon.messages import PricePoint, PriceSnapshot, PriceSourceName, Token
+from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token
 from daemon.prices import (
     DIVERGED,
     UNVERIFIED,
@@ -157,13 +157,15 @@ def test_usable_prices_rejects_stale_missing_and_invalid() -> None:
         "USDC": Decimal(1),
     }
     stale = snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=301), 300)
-    assert stale == "No trade: price for WETH is stale (301 s old, max_age 300 s)"
-    assert snapshot.usable_prices(["WBTC"], T0, 300) == "No trade: price for WBTC is missing"
+    assert stale == NoPrices("No trade: price for WETH is stale (301 s old, max_age 300 s)", True)
+    missing = NoPrices("No trade: price for WBTC is missing", stale=False)
+    assert snapshot.usable_prices(["WBTC"], T0, 300) == missing
     why = attrs.evolve(snapshot, problems=("WBTC: no router price (NoRoute: no pair)",))
-    assert why.usable_prices(["WBTC"], T0, 300) == (
-        "No trade: price for WBTC is missing (WBTC: no router price (NoRoute: no pair))"
+    assert why.usable_prices(["WBTC"], T0, 300) == NoPrices(
+        "No trade: price for WBTC is missing (WBTC: no router price (NoRoute: no pair))", False
     )
-    assert snapshot.usable_prices(["BAD"], T0, 300) == "No trade: price for BAD is invalid: 0"
+    invalid = NoPrices("No trade: price for BAD is invalid: 0", stale=False)
+    assert snapshot.usable_prices(["BAD"], T0, 300) == invalid
 
 
 async def test_oracle_source_over_loopback_coingecko() -> None:
@@ -190,8 +192,9 @@ def test_router_prices_from_an_old_head_are_stale_with_max_head_age() -> None:
         "WETH", Decimal(3000), T0, "router", 19_000_000, T0 - timedelta(seconds=400)
     )
     snapshot = PriceSnapshot({"WETH": read_now}, T0, "router", max_head_age=120)
-    assert snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=5), 300) == (
-        "No trade: price for WETH is stale (read at block 19000000, 405 s old, max_head_age 120 s)"
+    assert snapshot.usable_prices(["WETH"], T0 + timedelta(seconds=5), 300) == NoPrices(
+        "No trade: price for WETH is stale (read at block 19000000, 405 s old, max_head_age 120 s)",
+        stale=True,
     )
     fresh_head = attrs.evolve(read_now, block_timestamp=T0 - timedelta(seconds=12))
     assert attrs.evolve(snapshot, prices={"WETH": fresh_head}).usable_prices(
