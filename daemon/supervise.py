@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 import attrs
 import trio
@@ -30,6 +30,10 @@ from daemon.logs import get_logger
 
 S = TypeVar("S")
 ActorFn = Callable[[S], Awaitable[None]]
+
+
+SupervisedStatus = Literal["starting", "running", "backoff", "parked", "stopped"]
+"""Where a supervised actor is in its life (health shows it)."""
 
 
 @attrs.frozen
@@ -55,7 +59,7 @@ class Supervised(Generic[S]):
     state: S
     """The actor's own state, handed to every incarnation."""
     actor: ActorFn[S]
-    status: str = "starting"
+    status: SupervisedStatus = "starting"
     """starting, running, backoff, parked or stopped."""
     restart_count: int = 0
     """Restarts since the actor was first started (for health)."""
@@ -189,7 +193,7 @@ class Supervisor(Generic[S]):
             log.info("actor_restart_scheduled", delay_seconds=round(delay, 3))
             with trio.move_on_after(delay):
                 await entry.wake.wait()
-            if entry.status == "stopped":
+            if _stopped(entry):  # stop() may have run while we waited
                 return
             entry.restart_count += 1
 
@@ -198,3 +202,8 @@ class Supervisor(Generic[S]):
         entry = self._actors.get(key)
         if entry is not None:
             entry.consecutive_failures = 0
+
+
+def _stopped(entry: Supervised[Any]) -> bool:
+    """Read afresh (a plain comparison right after an assignment would be narrowed away)."""
+    return entry.status == "stopped"
