@@ -23,6 +23,7 @@ import asyncpg
 import attrs
 import trio
 
+from daemon.backoff import Backoff
 from daemon.db.bridge import CLOSE_TIMEOUT, CONNECT_TIMEOUT
 from daemon.db.errors import DatabaseError, _translate
 from daemon.db.pool import Store
@@ -160,7 +161,8 @@ class Notifications(Store):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
-        delay = LISTEN_RETRY_INITIAL
+        retry = Backoff(initial=LISTEN_RETRY_INITIAL, maximum=LISTEN_RETRY_MAX)
+        failures = 0
         while True:
             try:
                 listener = await self._bridge.call(lambda: self._open_listener(stream))
@@ -169,8 +171,8 @@ class Notifications(Store):
                 # timed out on an unreachable host, a server still recovering) is retried.
                 if not started:
                     raise
-                await trio.sleep(delay)
-                delay = min(delay * 2, LISTEN_RETRY_MAX)
+                await trio.sleep(retry.delay(failures))
+                failures += 1
                 continue
             try:
                 if started:
@@ -178,7 +180,7 @@ class Notifications(Store):
                 else:
                     started = True
                     task_status.started()
-                delay = LISTEN_RETRY_INITIAL
+                failures = 0
                 await self._bridge.call(listener.wait_closed)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
