@@ -21,10 +21,8 @@ import json
 import math
 import os
 import pwd
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -41,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability import BadInput
 from structlog.testing import capture_logs
-from test_health import FakeControls
+from test_health import FakeControls, Running, serving
 
 from daemon import cli
 from daemon.config import DatabaseConfig
@@ -196,28 +194,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="another uid needs roo
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is 0700 under root)."""
-    path = Path(tempfile.mkdtemp(prefix="driftd-hostile-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@attrs.define
-class Running:
-    path: str
-    controls: FakeControls
-
-
-@pytest.fixture
 async def server(socket_dir: Path) -> AsyncIterator[Running]:
-    controls = FakeControls()
-    path = str(socket_dir / "driftd.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve_health, path, controls, read_timeout=2.0))
-        yield Running(path, controls)
-        nursery.cancel_scope.cancel()
+    async with serving(socket_dir, read_timeout=2.0) as running:
+        yield running
 
 
 def strict_json(line: bytes) -> Any:

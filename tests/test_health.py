@@ -11,12 +11,11 @@ import functools
 import json
 import os
 import pwd
-import shutil
 import socket
 import stat
-import tempfile
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -80,29 +79,29 @@ class FakeControls:
         return {"ok": True, "status": "resumed", "message": f"{portfolio} resumed"}
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is 0700 under root)."""
-    path = Path(tempfile.mkdtemp(prefix="driftd-health-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @attrs.define
 class Running:
     path: str
     controls: FakeControls
 
 
-@pytest.fixture
-async def server(socket_dir: Path) -> AsyncIterator[Running]:
+@asynccontextmanager
+async def serving(socket_dir: Path, *, read_timeout: float) -> AsyncIterator[Running]:
+    """The real server on ``socket_dir/driftd.sock`` with fake controls, until the block ends."""
     controls = FakeControls()
     path = str(socket_dir / "driftd.sock")
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve_health, path, controls, read_timeout=0.5))
+        await nursery.start(
+            functools.partial(serve_health, path, controls, read_timeout=read_timeout)
+        )
         yield Running(path, controls)
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def server(socket_dir: Path) -> AsyncIterator[Running]:
+    async with serving(socket_dir, read_timeout=0.5) as running:
+        yield running
 
 
 async def converse(path: str, *lines: bytes, close_write: bool = True) -> list[dict[str, Any]]:
