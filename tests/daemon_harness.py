@@ -247,12 +247,18 @@ async def register_portfolio(
     config_path: Path,
     env: Mapping[str, str],
     tmp_path: Path,
+    *,
+    guard: GuardConfig | None = None,
+    expires_at: int | None = None,
 ) -> None:
-    """Sign the guarded delegations (at the account's current nonce) as the owner, then
+    """Sign the guarded delegations (at the account's current nonce; ``guard`` and
+    ``expires_at`` as :func:`guarded_delegations` takes them) as the owner, then
     `driftd portfolio add`."""
     async with ChainClient(devnet.chain_config()) as chain:
         nonce = await current_nonce(chain, devnet.delegation_config(), account.address)
-    signed = guarded_delegations(devnet, account, list(targets), nonce=nonce)
+    signed = guarded_delegations(
+        devnet, account, list(targets), nonce=nonce, guard=guard, expires_at=expires_at
+    )
     file = tmp_path / f"{name}-delegations.json"
     file.write_text(dump_delegation_file(signed))
     argv = ["portfolio", "add", name, "--account", account.address, "--delegation", str(file)]

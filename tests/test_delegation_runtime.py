@@ -13,12 +13,10 @@ from daemon_harness import (
     Clock,
     daemon_document,
     fund_to_targets,
-    guarded_delegations,
     move_price,
     owner_increments_nonce,
     register_portfolio,
     register_tokens,
-    run_cli,
     write_toml,
 )
 from test_daemon import TARGETS, TOTAL_USD, evaluated, finished_rows, running_daemon, wait_for
@@ -30,7 +28,6 @@ from daemon.control import DaemonControls
 from daemon.delegation import (
     DelegationDomain,
     build_portfolio_delegations,
-    dump_delegation_file,
     sign_delegation,
 )
 from daemon.devtools.devnet import Devnet, set_feed_price
@@ -102,12 +99,9 @@ async def test_expiring_delegations_are_warned_ahead_and_not_used_after_expiry(
         path, env = await _setup(chain, devnet, db_config, tmp_path)
         account = devnet.accounts[0]
         expires_at = int((datetime.now(UTC) + timedelta(days=3)).timestamp())
-        signed = guarded_delegations(devnet, account, list(TARGETS), expires_at=expires_at)
-        file = tmp_path / "soon.json"
-        file.write_text(dump_delegation_file(signed))
-        argv = ["portfolio", "add", "soon", "--account", account.address, "--delegation", str(file)]
-        argv += ["--target", *[f"{symbol}={weight}" for symbol, weight in TARGETS.items()]]
-        assert await run_cli(argv, path, env) == 0
+        await register_portfolio(
+            devnet, account, "soon", TARGETS, path, env, tmp_path, expires_at=expires_at
+        )
         clock = Clock()
         async with running_daemon(devnet, db_config, clock) as daemon:
             await wait_for(lambda: evaluated(daemon, "soon", 1), "a first evaluation")
@@ -174,14 +168,10 @@ async def _register_with_guard_bound(
 ) -> None:
     """Portfolio "main" whose owner signed a guard tighter than the configured one."""
     path, env = await _setup(chain, devnet, db_config, tmp_path)
-    account = devnet.accounts[0]
     guard = GuardConfig(**{**GUARD_DOCUMENT, "max_loss_bps": max_loss_bps})
-    file = tmp_path / "tight.json"
-    signed = guarded_delegations(devnet, account, TARGETS, guard=guard)
-    file.write_text(dump_delegation_file(signed))
-    argv = ["portfolio", "add", "main", "--account", account.address, "--delegation", str(file)]
-    argv += ["--target", *[f"{symbol}={weight}" for symbol, weight in TARGETS.items()]]
-    assert await run_cli(argv, path, env) == 0
+    await register_portfolio(
+        devnet, devnet.accounts[0], "main", TARGETS, path, env, tmp_path, guard=guard
+    )
 
 
 async def _market_moves_weth(chain: ChainClient, devnet: Devnet) -> None:
