@@ -132,7 +132,8 @@ async def driftd_process(
 
 
 async def run_cli(argv: list[str], config_path: Path, env: Mapping[str, str]) -> int:
-    """The operator's CLI, in a worker thread (it runs its own trio.run)."""
+    """The operator's CLI, in a worker thread (it runs its own trio.run); its exit code, as the
+    shell would see it (argparse's usage errors exit through SystemExit)."""
 
     def call() -> int:
         import os
@@ -141,6 +142,8 @@ async def run_cli(argv: list[str], config_path: Path, env: Mapping[str, str]) ->
         os.environ.update(env)
         try:
             return cli_main(["--config", str(config_path), *argv])
+        except SystemExit as exc:
+            return int(exc.code or 0)
         finally:
             os.environ.clear()
             os.environ.update(saved)

@@ -11,7 +11,6 @@ the reliability report (``docs/reliability.md``) through the ``bad_input`` fixtu
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from daemon_harness import daemon_document, guarded_delegations, write_toml
+from daemon_harness import daemon_document, guarded_delegations, run_cli, write_toml
 from reliability import BadInput
 from rpc_proxy import (
     DropConnection,
@@ -34,7 +33,6 @@ from rpc_proxy import (
 
 from daemon import db as dbm
 from daemon import exitcodes
-from daemon.cli import main as cli_main
 from daemon.config import DatabaseConfig
 from daemon.delegation import (
     Delegation,
@@ -77,21 +75,8 @@ class Operator:
     """A valid signed delegation file for accounts[0] and TARGETS."""
 
     async def run(self, *argv: str, env: Mapping[str, str] | None = None) -> Answer:
-        variables = {**self.env, **(env or {})}
-
-        def call() -> int:
-            saved = dict(os.environ)
-            os.environ.update(variables)
-            try:
-                return cli_main(["--config", str(self.config), *argv])
-            except SystemExit as exc:  # argparse's own exits
-                return int(exc.code or 0)
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-
         self.capsys.readouterr()
-        code = await trio.to_thread.run_sync(call)
+        code = await run_cli(list(argv), self.config, {**self.env, **(env or {})})
         captured = self.capsys.readouterr()
         return Answer(code=code, out=captured.out, err=captured.err)
 
