@@ -240,13 +240,19 @@ def value_of(balances: Mapping[str, int], prices: Sequence[int], terms: GuardTer
     return total
 
 
-async def oracle_prices(client: ChainClient, terms: GuardTerms, *, now: int) -> list[int]:
-    """The listed tokens' feed answers, checked as the guard checks them at ``now``."""
-    answers = await read_feeds(client, [token.feed for token in terms.tokens])
+def checked_prices(terms: GuardTerms, answers: Sequence[FeedAnswer], *, now: int) -> list[int]:
+    """The listed tokens' prices from their feeds' ``answers`` (in the terms' order), checked as
+    the guard checks them at ``now`` (:class:`OracleError` where it would revert)."""
     return [
         check_answer(token.feed, answer, now=now, max_staleness=terms.max_staleness)
         for token, answer in zip(terms.tokens, answers, strict=True)
     ]
+
+
+async def oracle_prices(client: ChainClient, terms: GuardTerms, *, now: int) -> list[int]:
+    """The listed tokens' feed answers, checked as the guard checks them at ``now``."""
+    answers = await read_feeds(client, [token.feed for token in terms.tokens])
+    return checked_prices(terms, answers, now=now)
 
 
 async def oracle_value(
@@ -377,14 +383,13 @@ async def guard_refusal(
         token: int.from_bytes(raw[:32], "big")
         for token, raw in zip(tokens, results[: len(tokens)], strict=True)
     }
-    answers = iter(_feed_answer(raw) for raw in results[len(tokens) : len(tokens) + len(feeds)])
-    spent = iter(int.from_bytes(raw[:32], "big") for raw in results[len(tokens) + len(feeds) :])
+    answers = [_feed_answer(raw) for raw in results[len(tokens) : len(tokens) + len(feeds)]]
+    spent = [int.from_bytes(raw[:32], "big") for raw in results[len(tokens) + len(feeds) :]]
+    first = 0
     for terms, period_spent in zip(bound.terms, spent, strict=True):
+        mine, first = answers[first : first + len(terms.tokens)], first + len(terms.tokens)
         try:
-            prices = [
-                check_answer(token.feed, next(answers), now=now, max_staleness=terms.max_staleness)
-                for token in terms.tokens
-            ]
+            prices = checked_prices(terms, mine, now=now)
         except OracleError as exc:
             return str(exc)
         refusal = worst_case_refusal(terms, swaps, balances, prices, period_spent)
