@@ -25,7 +25,7 @@ from daemon import package_version
 from daemon.chain import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.db import DatabaseError
-from daemon.health import build_health_document
+from daemon.health_document import build_health_document
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 

@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 from daemon import cli, cli_control
 from daemon.config import load_config
 from daemon.executor import ExecutorStatus
-from daemon.health import build_health_document, serve_health
+from daemon.health import serve_health
+from daemon.health_document import build_health_document
 from daemon.messages import RebalanceOutcome
 from daemon.portfolio import PortfolioState
 from daemon.supervise import Supervised

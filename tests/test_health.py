@@ -31,9 +31,9 @@ from daemon.executor import ExecutorStatus
 from daemon.health import (
     MAX_LINE,
     HealthSocketInUse,
-    build_health_document,
     serve_health,
 )
+from daemon.health_document import build_health_document
 from daemon.messages import RebalanceOutcome
 from daemon.portfolio import PortfolioState
 from daemon.supervise import Supervised
