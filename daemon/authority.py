@@ -29,7 +29,7 @@ from daemon.delegation import (
     decode_targets,
     decode_timestamp,
 )
-from daemon.guard import GuardTermsError, guard_terms_of, usd
+from daemon.guard import GuardTerms, GuardTermsError, guard_terms_of, usd
 from daemon.uniswap import (
     APPROVE_SELECTOR,
     APPROVE_SPENDER_OFFSET,
@@ -107,13 +107,7 @@ def least_authority_problems(
     the tokens' decimals. Without them, the token set is not checked (``delegation verify``
     without ``--token``).
     """
-    problems: list[str] = []
-    if delegation.delegator != to_address(account):
-        problems.append(f"delegator is {delegation.delegator}, expected {to_address(account)}")
-    if delegation.delegate != to_address(delegate):
-        problems.append(f"delegate is {delegation.delegate}, expected {to_address(delegate)}")
-    if delegation.authority != ROOT_AUTHORITY:
-        problems.append("authority is not the root authority (re-delegations are not supported)")
+    problems = _party_problems(delegation, account=account, delegate=delegate)
     try:
         authority = authority_of(delegation, enforcers)
     except ValueError as exc:
@@ -128,12 +122,7 @@ def least_authority_problems(
         )
         return problems
     if kind == "approve":
-        if (APPROVE_SPENDER_OFFSET, address_word(router)) not in authority.calldata_pins:
-            problems.append("approve: spender is not pinned to the router by AllowedCalldata")
-        if authority.targets is not None and tokens is not None:
-            extra = authority.targets - {to_address(token) for token in tokens}
-            if extra:
-                problems.append(f"approve: targets beyond the portfolio's tokens: {sorted(extra)}")
+        problems += _approve_problems(authority, router=router, tokens=tokens)
     else:
         # The guard (required below) allows one method family, the account as recipient and
         # zero ETH on every execution: the stock pins for those are optional here.
@@ -147,6 +136,32 @@ def least_authority_problems(
     )
     if not delegation.signature:
         problems.append("not signed")
+    return problems
+
+
+def _party_problems(delegation: Delegation, *, account: str, delegate: str) -> list[str]:
+    """Who delegates to whom: the portfolio's account to this daemon's signer, from the root."""
+    problems: list[str] = []
+    if delegation.delegator != to_address(account):
+        problems.append(f"delegator is {delegation.delegator}, expected {to_address(account)}")
+    if delegation.delegate != to_address(delegate):
+        problems.append(f"delegate is {delegation.delegate}, expected {to_address(delegate)}")
+    if delegation.authority != ROOT_AUTHORITY:
+        problems.append("authority is not the root authority (re-delegations are not supported)")
+    return problems
+
+
+def _approve_problems(
+    authority: Authority, *, router: str, tokens: Sequence[str] | None
+) -> list[str]:
+    """The approve delegation: its spender pinned to the router, its targets within ``tokens``."""
+    problems: list[str] = []
+    if (APPROVE_SPENDER_OFFSET, address_word(router)) not in authority.calldata_pins:
+        problems.append("approve: spender is not pinned to the router by AllowedCalldata")
+    if authority.targets is not None and tokens is not None:
+        extra = authority.targets - {to_address(token) for token in tokens}
+        if extra:
+            problems.append(f"approve: targets beyond the portfolio's tokens: {sorted(extra)}")
     return problems
 
 
@@ -215,46 +230,61 @@ def guard_problems(
     # Several guard caveats are ANDed: the delegation is at least as strict as the strictest, so
     # it is acceptable when any one of them satisfies every requirement.
     for terms in found:
-        mine: list[str] = []
-        if terms.max_loss_bps > guard.max_loss_bps:
-            mine.append(
-                f"swap: guard max_loss_bps is {terms.max_loss_bps}, above the configured "
-                f"{guard.max_loss_bps}"
-            )
-        if terms.max_staleness > guard.max_staleness:
-            mine.append(
-                f"swap: guard max_staleness is {terms.max_staleness} s, above the configured "
-                f"{guard.max_staleness} s"
-            )
-        if terms.period_cap > usd(guard.period_cap_usd):
-            mine.append(
-                f"swap: guard period cap is {terms.period_cap} (USD·1e18), above the configured "
-                f"{usd(guard.period_cap_usd)}"
-            )
+        mine = _bound_problems(terms, guard)
         if feeds is not None:
-            want = {to_address(token): to_address(feed) for token, feed in feeds.items()}
-            have = {token.token: token for token in terms.tokens}
-            missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-            if missing or extra:
-                mine.append(
-                    "swap: guard tokens are not exactly the portfolio's tokens and the quote "
-                    f"token (missing {missing}, extra {extra})"
-                )
-            for token, entry in have.items():
-                if token in want and entry.feed != want[token]:
-                    mine.append(
-                        f"swap: guard feed of {token} is {entry.feed}, the registered feed is "
-                        f"{want[token]}"
-                    )
-                expected = None if token_decimals is None else token_decimals.get(token)
-                if expected is not None and entry.token_decimals != expected:
-                    mine.append(
-                        f"swap: guard decimals of {token} are {entry.token_decimals}, the "
-                        f"token has {expected}"
-                    )
+            mine += _guard_token_problems(terms, feeds, token_decimals)
         if not mine:
             return []
         problems = problems or mine
+    return problems
+
+
+def _bound_problems(terms: GuardTerms, guard: GuardConfig) -> list[str]:
+    """One guard caveat's bounds that are weaker than the configured ones."""
+    problems: list[str] = []
+    if terms.max_loss_bps > guard.max_loss_bps:
+        problems.append(
+            f"swap: guard max_loss_bps is {terms.max_loss_bps}, above the configured "
+            f"{guard.max_loss_bps}"
+        )
+    if terms.max_staleness > guard.max_staleness:
+        problems.append(
+            f"swap: guard max_staleness is {terms.max_staleness} s, above the configured "
+            f"{guard.max_staleness} s"
+        )
+    if terms.period_cap > usd(guard.period_cap_usd):
+        problems.append(
+            f"swap: guard period cap is {terms.period_cap} (USD·1e18), above the configured "
+            f"{usd(guard.period_cap_usd)}"
+        )
+    return problems
+
+
+def _guard_token_problems(
+    terms: GuardTerms, feeds: Mapping[str, str], token_decimals: Mapping[str, int] | None
+) -> list[str]:
+    """One guard caveat's tokens against ``feeds`` (exactly those tokens, each at its registered
+    feed) and ``token_decimals``."""
+    problems: list[str] = []
+    want = {to_address(token): to_address(feed) for token, feed in feeds.items()}
+    have = {token.token: token for token in terms.tokens}
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if missing or extra:
+        problems.append(
+            "swap: guard tokens are not exactly the portfolio's tokens and the quote "
+            f"token (missing {missing}, extra {extra})"
+        )
+    for token, entry in have.items():
+        if token in want and entry.feed != want[token]:
+            problems.append(
+                f"swap: guard feed of {token} is {entry.feed}, the registered feed is {want[token]}"
+            )
+        expected = None if token_decimals is None else token_decimals.get(token)
+        if expected is not None and entry.token_decimals != expected:
+            problems.append(
+                f"swap: guard decimals of {token} are {entry.token_decimals}, the "
+                f"token has {expected}"
+            )
     return problems
 
 

@@ -177,58 +177,69 @@ def format_status(doc: Mapping[str, Any]) -> str:
     )
     for problem in doc.get("problems") or []:
         lines.append(f"  ! {problem}")
+    lines.extend(f"{label:<12}{text}" for label, text in _component_rows(doc))
+    portfolios = doc.get("portfolios") or {}
+    if portfolios:
+        lines.append("")
+        lines.extend(_portfolio_table(portfolios))
+    else:
+        lines.append("no portfolios")
+    return "\n".join(lines) + "\n"
+
+
+def _component_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One (label, text) line per part of the daemon: config, price feed, executor, database,
+    chain."""
     config = _section(doc, "config")
-    prices = _section(doc, "price_feed")
-    executor = _section(doc, "executor")
-    database = _section(doc, "database")
-    chain = _section(doc, "chain")
-    rows = [
+    return [
         (
             "config",
             f"generation {config.get('generation', '?')}, last reload error: "
             f"{config.get('last_reload_error') or 'none'}",
         ),
-        (
-            "price feed",
-            f"{prices.get('source', '?')}, last tick "
-            + (
-                "never"
-                if prices.get("last_tick_age_seconds") is None
-                else f"{_duration(prices['last_tick_age_seconds'])} ago"
-            )
-            + f" (max {_duration(prices.get('max_age_seconds'))})",
-        ),
-        (
-            "executor",
-            f"signer {executor.get('signer', '?')}, next nonce "
-            f"{_or_dash(executor.get('next_nonce'))}, {executor.get('pending', 0)} pending, "
-            f"{executor.get('unsettled', 0)} unsettled tx"
-            + (f", blocked: {executor['blocked']}" if executor.get("blocked") else "")
-            + (
-                f", oldest unsettled {_duration(executor['stuck_seconds'])}"
-                if executor.get("stuck_seconds") is not None
-                else ""
-            ),
-        ),
-        ("database", _reachability(database)),
-        ("chain", _chain(chain)),
+        ("price feed", _price_feed(_section(doc, "price_feed"))),
+        ("executor", _executor(_section(doc, "executor"))),
+        ("database", _reachability(_section(doc, "database"))),
+        ("chain", _chain(_section(doc, "chain"))),
     ]
-    lines.extend(f"{label:<12}{text}" for label, text in rows)
-    portfolios = doc.get("portfolios") or {}
-    if portfolios:
-        lines.append("")
-        table: list[tuple[str, ...]] = [
-            ("PORTFOLIO", "STATE", "MAX DRIFT", "COOLDOWN", "LAST REBALANCE", "RESTARTS")
-        ]
-        table.extend(_portfolio_row(name, entry) for name, entry in portfolios.items())
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines.extend(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in table
+
+
+def _price_feed(prices: Mapping[str, Any]) -> str:
+    return (
+        f"{prices.get('source', '?')}, last tick "
+        + (
+            "never"
+            if prices.get("last_tick_age_seconds") is None
+            else f"{_duration(prices['last_tick_age_seconds'])} ago"
         )
-    else:
-        lines.append("no portfolios")
-    return "\n".join(lines) + "\n"
+        + f" (max {_duration(prices.get('max_age_seconds'))})"
+    )
+
+
+def _executor(executor: Mapping[str, Any]) -> str:
+    return (
+        f"signer {executor.get('signer', '?')}, next nonce "
+        f"{_or_dash(executor.get('next_nonce'))}, {executor.get('pending', 0)} pending, "
+        f"{executor.get('unsettled', 0)} unsettled tx"
+        + (f", blocked: {executor['blocked']}" if executor.get("blocked") else "")
+        + (
+            f", oldest unsettled {_duration(executor['stuck_seconds'])}"
+            if executor.get("stuck_seconds") is not None
+            else ""
+        )
+    )
+
+
+def _portfolio_table(portfolios: Mapping[str, Any]) -> list[str]:
+    table: list[tuple[str, ...]] = [
+        ("PORTFOLIO", "STATE", "MAX DRIFT", "COOLDOWN", "LAST REBALANCE", "RESTARTS")
+    ]
+    table.extend(_portfolio_row(name, entry) for name, entry in portfolios.items())
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
 
 
 def _section(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:

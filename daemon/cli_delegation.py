@@ -360,16 +360,9 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return exitcodes.CONFIG_ERROR
-    try:
-        text = Path(args.file).read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"driftd delegation verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return exitcodes.DATA_ERROR
-    try:
-        delegations = parse_delegation_file(text)
-    except DelegationFormatError as exc:
-        print(f"driftd delegation verify: {args.file}: {exc}", file=sys.stderr)
-        return exitcodes.DATA_ERROR
+    delegations = _read_delegations(args.file)
+    if isinstance(delegations, int):
+        return delegations
 
     feeds: dict[str, str] | None = None
     decimals: dict[str, int] | None = None
@@ -379,25 +372,15 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
             return entries
         feeds = {address: str(entry.feed) for address, entry in entries.items()}
         decimals = {address: entry.decimals for address, entry in entries.items()}
-    reports: list[dict[str, Any]] = [
-        {
-            "index": index,
-            "hash": "0x" + delegation.struct_hash().hex(),
-            "kind": kind_of(delegation, config.delegation),
-            "problems": least_authority_problems(
-                delegation,
-                account=account,
-                delegate=delegate,
-                router=config.chain.router,
-                enforcers=config.delegation,
-                guard=config.guard,
-                tokens=list(tokens.values()) if tokens is not None else None,
-                guard_feeds=feeds,
-                token_decimals=decimals,
-            ),
-        }
-        for index, delegation in enumerate(delegations)
-    ]
+    reports = _offline_reports(
+        delegations,
+        config,
+        account=account,
+        delegate=delegate,
+        tokens=list(tokens.values()) if tokens is not None else None,
+        feeds=feeds,
+        decimals=decimals,
+    )
     kinds = {report["kind"] for report in reports}
     missing = [kind for kind in ("approve", "swap") if kind not in kinds]
 
@@ -416,6 +399,52 @@ def verify_command(args: argparse.Namespace, config: Config) -> int:
     ok = not missing and all(not report["problems"] for report in reports)
     print(json.dumps({"ok": ok, "missing": missing, "delegations": reports}, indent=2))
     return exitcodes.OK if ok else exitcodes.DATA_ERROR
+
+
+def _read_delegations(path: str) -> list[Delegation] | int:
+    """The delegations in ``path``, or the exit status after saying why they cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"driftd delegation verify: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+    try:
+        return parse_delegation_file(text)
+    except DelegationFormatError as exc:
+        print(f"driftd delegation verify: {path}: {exc}", file=sys.stderr)
+        return exitcodes.DATA_ERROR
+
+
+def _offline_reports(
+    delegations: Sequence[Delegation],
+    config: Config,
+    *,
+    account: str,
+    delegate: str,
+    tokens: list[str] | None,
+    feeds: dict[str, str] | None,
+    decimals: dict[str, int] | None,
+) -> list[dict[str, Any]]:
+    """One report per delegation: its hash, its kind and what least authority finds wrong."""
+    return [
+        {
+            "index": index,
+            "hash": "0x" + delegation.struct_hash().hex(),
+            "kind": kind_of(delegation, config.delegation),
+            "problems": least_authority_problems(
+                delegation,
+                account=account,
+                delegate=delegate,
+                router=config.chain.router,
+                enforcers=config.delegation,
+                guard=config.guard,
+                tokens=tokens,
+                guard_feeds=feeds,
+                token_decimals=decimals,
+            ),
+        }
+        for index, delegation in enumerate(delegations)
+    ]
 
 
 async def _onchain_problems(config: Config, delegations: Sequence[Delegation]) -> list[list[str]]:

@@ -388,19 +388,41 @@ def build_portfolio_delegations(
         delegate=delegate,
         delegator=account,
         authority=ROOT_AUTHORITY,
+        caveats=(*_approve_scope(enforcers, token_addresses, router), *common, *no_value),
+        salt=salt,
+    )
+    swap = Delegation(
+        delegate=delegate,
+        delegator=account,
+        authority=ROOT_AUTHORITY,
         caveats=(
-            Caveat(enforcers.allowed_targets, allowed_targets_terms(token_addresses)),
-            Caveat(enforcers.allowed_methods, allowed_methods_terms([APPROVE_SELECTOR])),
-            Caveat(
-                enforcers.allowed_calldata,
-                allowed_calldata_terms(APPROVE_SPENDER_OFFSET, address_word(router)),
-            ),
-            *common,
-            *no_value,
+            Caveat(enforcers.allowed_targets, allowed_targets_terms([router])),
+            *(_swap_pins(enforcers, account) + common + no_value if guard is None else common),
+            *((guard,) if guard is not None else ()),
         ),
         salt=salt,
     )
-    pins: tuple[Caveat, ...] = (
+    return PortfolioDelegations(approve=approve, swap=swap)
+
+
+def _approve_scope(
+    enforcers: DelegationConfig, token_addresses: Sequence[str], router: str
+) -> tuple[Caveat, ...]:
+    """The approve delegation's scope: the tokens, ``approve`` only, the router as spender."""
+    return (
+        Caveat(enforcers.allowed_targets, allowed_targets_terms(token_addresses)),
+        Caveat(enforcers.allowed_methods, allowed_methods_terms([APPROVE_SELECTOR])),
+        Caveat(
+            enforcers.allowed_calldata,
+            allowed_calldata_terms(APPROVE_SPENDER_OFFSET, address_word(router)),
+        ),
+    )
+
+
+def _swap_pins(enforcers: DelegationConfig, account: str) -> tuple[Caveat, ...]:
+    """The stock pins of a swap delegation without the guard: the exact-input swap method, and
+    the account as the swap's recipient."""
+    return (
         Caveat(
             enforcers.allowed_methods,
             allowed_methods_terms([SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR]),
@@ -410,18 +432,6 @@ def build_portfolio_delegations(
             allowed_calldata_terms(SWAP_RECIPIENT_OFFSET, address_word(account)),
         ),
     )
-    swap = Delegation(
-        delegate=delegate,
-        delegator=account,
-        authority=ROOT_AUTHORITY,
-        caveats=(
-            Caveat(enforcers.allowed_targets, allowed_targets_terms([router])),
-            *(pins + common + no_value if guard is None else common),
-            *((guard,) if guard is not None else ()),
-        ),
-        salt=salt,
-    )
-    return PortfolioDelegations(approve=approve, swap=swap)
 
 
 # --- on chain ---------------------------------------------------------------------------------

@@ -89,134 +89,141 @@ class Metrics:
         self._traded_usd_total = 0.0
         self._last_tick: float | None = None
         self._price_head: float | None = None
-        registry = self.registry
 
-        Info("driftd_build", "The running driftd.", registry=registry).info({"version": version})
-        self.rebalances = Counter(
+        Info("driftd_build", "The running driftd.", registry=self.registry).info(
+            {"version": version}
+        )
+        # Registration order is exposition order: counters, gauges, histograms.
+        self._add_counters()
+        self._add_gauges()
+        self._add_computed_gauges()
+        self._add_histograms()
+
+    # ---------------------------------------------------------------- the families
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def _computed(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        """A gauge whose value is computed when scraped."""
+        self._gauge(name, documentation).set_function(value)
+
+    def _add_counters(self) -> None:
+        self.rebalances = self._counter(
             "driftd_rebalances",
             "Rebalance attempts by terminal status (SUCCESS, FAILED, DRY_RUN, SKIPPED).",
-            ["portfolio", "status"],
-            registry=registry,
+            "portfolio",
+            "status",
         )
-        self.price_ticks = Counter(
-            "driftd_price_ticks",
-            "Price feed ticks that published a snapshot.",
-            ["source"],
-            registry=registry,
+        self.price_ticks = self._counter(
+            "driftd_price_ticks", "Price feed ticks that published a snapshot.", "source"
         )
-        self.price_tick_failures = Counter(
-            "driftd_price_tick_failures",
-            "Price feed ticks that failed.",
-            ["source"],
-            registry=registry,
+        self.price_tick_failures = self._counter(
+            "driftd_price_tick_failures", "Price feed ticks that failed.", "source"
         )
-        self.rpc_requests = Counter(
+        self.rpc_requests = self._counter(
             "driftd_rpc_requests",
             "JSON-RPC requests by method and outcome (ok, error).",
-            ["method", "outcome"],
-            registry=registry,
+            "method",
+            "outcome",
         )
-        self.alerts = Counter(
-            "driftd_alerts", "Alerts raised, by kind.", ["kind"], registry=registry
+        self.alerts = self._counter("driftd_alerts", "Alerts raised, by kind.", "kind")
+        self.config_reloads = self._counter(
+            "driftd_config_reloads", "SIGHUP reloads by outcome (ok, error).", "outcome"
         )
-        self.config_reloads = Counter(
-            "driftd_config_reloads",
-            "SIGHUP reloads by outcome (ok, error).",
-            ["outcome"],
-            registry=registry,
+        self.gas_cost_usd_total = self._counter(
+            "driftd_gas_cost_usd", "Gas paid by rebalances, in USD."
         )
-        self.gas_cost_usd_total = Counter(
-            "driftd_gas_cost_usd", "Gas paid by rebalances, in USD.", registry=registry
-        )
-        self.traded_usd_total = Counter(
-            "driftd_traded_usd", "USD value traded by successful rebalances.", registry=registry
+        self.traded_usd_total = self._counter(
+            "driftd_traded_usd", "USD value traded by successful rebalances."
         )
 
-        self.max_drift = Gauge(
+    def _add_gauges(self) -> None:
+        self.max_drift = self._gauge(
             "driftd_portfolio_max_drift_ratio",
             "Largest |drift| of a portfolio's tradable tokens at its last evaluation.",
-            ["portfolio"],
-            registry=registry,
+            "portfolio",
         )
-        self.cooldown = Gauge(
+        self.cooldown = self._gauge(
             "driftd_portfolio_cooldown_remaining_seconds",
             "Seconds until the portfolio may rebalance again.",
-            ["portfolio"],
-            registry=registry,
+            "portfolio",
         )
-        self.executor_pending = Gauge(
+        self.executor_pending = self._gauge(
             "driftd_executor_pending_transactions",
             "Transactions broadcast and waiting for a receipt.",
-            registry=registry,
         )
-        self.executor_next_nonce = Gauge(
-            "driftd_executor_next_nonce", "The signer's next nonce.", registry=registry
+        self.executor_next_nonce = self._gauge(
+            "driftd_executor_next_nonce", "The signer's next nonce."
         )
-        self.config_generation = Gauge(
-            "driftd_config_generation",
-            "Configuration generation (+1 per reload).",
-            registry=registry,
+        self.config_generation = self._gauge(
+            "driftd_config_generation", "Configuration generation (+1 per reload)."
         )
-        self.last_tick_timestamp = Gauge(
+        self.last_tick_timestamp = self._gauge(
             "driftd_price_last_tick_timestamp_seconds",
             "Unix time of the last successful price tick.",
-            registry=registry,
         )
-        Gauge(
+        self._computed(
             "driftd_price_last_tick_age_seconds",
             "Seconds since the last successful price tick (NaN before the first).",
-            registry=registry,
-        ).set_function(self._tick_age)
-        self.price_head_timestamp = Gauge(
+            self._tick_age,
+        )
+        self.price_head_timestamp = self._gauge(
             "driftd_price_head_block_timestamp_seconds",
             "Timestamp of the block the latest router prices were read at.",
-            registry=registry,
         )
-        Gauge(
+        self._computed(
             "driftd_price_head_block_age_seconds",
             "Seconds since the timestamp of the block the latest router prices were read at "
             "(NaN without router prices); prices.max_head_age judges it.",
-            registry=registry,
-        ).set_function(self._head_age)
-        Gauge(
+            self._head_age,
+        )
+
+    def _add_computed_gauges(self) -> None:
+        """The seed's real-time metrics, computed from what the updates below record."""
+        self._computed(
             "driftd_rebalance_success_ratio",
             f"SUCCESS / (SUCCESS + FAILED) over the last {RECENT_WINDOW} attempts (NaN if none).",
-            registry=registry,
-        ).set_function(lambda: _ratio(sum(self._recent_outcomes), len(self._recent_outcomes)))
-        Gauge(
+            lambda: _ratio(sum(self._recent_outcomes), len(self._recent_outcomes)),
+        )
+        self._computed(
             "driftd_average_drift_ratio",
             "Mean of every portfolio's last max drift (NaN if none evaluated yet).",
-            registry=registry,
-        ).set_function(lambda: _mean(list(self._drifts.values())))
-        Gauge(
+            lambda: _mean(list(self._drifts.values())),
+        )
+        self._computed(
             "driftd_gas_cost_per_usd_rebalanced",
             "Gas paid in USD per USD traded, since start (NaN before the first trade).",
-            registry=registry,
-        ).set_function(lambda: _ratio(self._gas_usd_total, self._traded_usd_total))
-        Gauge(
+            lambda: _ratio(self._gas_usd_total, self._traded_usd_total),
+        )
+        self._computed(
             "driftd_slippage_ratio_average",
             "Mean (expected − actual) / expected output over the last "
             f"{RECENT_WINDOW} rebalances with swaps (NaN if none).",
-            registry=registry,
-        ).set_function(lambda: _mean(list(self._recent_slippage)))
+            lambda: _mean(list(self._recent_slippage)),
+        )
 
+    def _add_histograms(self) -> None:
         self.execution_seconds = Histogram(
             "driftd_rebalance_execution_seconds",
             "From the decision to the recorded outcome.",
             buckets=EXECUTION_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
         self.gas_cost_usd = Histogram(
             "driftd_rebalance_gas_cost_usd",
             "Gas cost of one rebalance, in USD.",
             buckets=GAS_USD_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
         self.slippage = Histogram(
             "driftd_rebalance_slippage_ratio",
             "(expected − actual) / expected output of one rebalance; negative is better.",
             buckets=SLIPPAGE_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
 
     # ---------------------------------------------------------------- updates

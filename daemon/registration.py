@@ -114,6 +114,27 @@ def verify_portfolio_delegations(
             f"no price feed registered for {', '.join(no_feed)} (the oracle guard needs one per "
             "token: `driftd token add … --feed 0xFEED`)"
         )
+    problems = _offline_problems(parsed, smart_account, delegate, config, tokens, targets)
+    if problems:
+        raise ValueError("; ".join(problems))
+    try:
+        onchain = trio.run(_onchain_problems, config, smart_account, parsed)
+    except ChainError as exc:
+        raise VerifierUnavailable(f"cannot check the signatures on chain: {exc}") from None
+    if onchain:
+        raise ValueError("; ".join(onchain))
+
+
+def _offline_problems(
+    parsed: Sequence[Delegation],
+    smart_account: str,
+    delegate: str,
+    config: Config,
+    tokens: Sequence[Token],
+    targets: Collection[str],
+) -> list[str]:
+    """What least authority and the approve coverage find wrong in each delegation, and the
+    kinds (approve, swap) that are missing: everything checked without the chain."""
     feeds = {token.address: str(token.price_feed) for token in tokens}
     decimals = {token.address: token.decimals for token in tokens}
     own = [token for token in tokens if token.symbol in targets]
@@ -139,14 +160,7 @@ def verify_portfolio_delegations(
         ]
     kinds = {kind_of(d, config.delegation) for d in parsed}
     problems += [f"no {kind} delegation" for kind in ("approve", "swap") if kind not in kinds]
-    if problems:
-        raise ValueError("; ".join(problems))
-    try:
-        onchain = trio.run(_onchain_problems, config, smart_account, parsed)
-    except ChainError as exc:
-        raise VerifierUnavailable(f"cannot check the signatures on chain: {exc}") from None
-    if onchain:
-        raise ValueError("; ".join(onchain))
+    return problems
 
 
 def approve_coverage_problems(
@@ -271,7 +285,24 @@ async def check_token_on_chain(
             f"ADDRESS: {address} has no code on chain {chain_id} (no contract there): a token "
             "must be a deployed ERC-20 contract (a wrong address, or one on another chain?)"
         )
-    found = _uint_result(raw_decimals)
+    found = _checked_decimals(raw_decimals, address=address, symbol=symbol, given=decimals)
+    warnings = _symbol_warnings(
+        raw_symbol, address=address, symbol=symbol, allow_mismatch=allow_symbol_mismatch
+    )
+    if feed is not None:
+        (answer,) = feed_code
+        if not _bytes_result(answer, "eth_getCode"):
+            raise InputError(
+                f"--feed: {feed} has no code on chain {chain_id} (no contract there): a price "
+                "feed must be a deployed AggregatorV3 contract"
+            )
+    return CheckedToken(decimals=found, warnings=tuple(warnings))
+
+
+def _checked_decimals(raw: Any, *, address: str, symbol: str, given: int | None) -> int:
+    """The token's ``decimals()`` from its ``eth_call`` outcome, or :class:`InputError` when
+    it does not answer, answers more than :data:`MAX_DECIMALS`, or differs from ``given``."""
+    found = _uint_result(raw)
     if found is None:
         raise InputError(
             f"ADDRESS: the contract at {address} does not answer decimals() (it reverted or "
@@ -282,14 +313,20 @@ async def check_token_on_chain(
             f"ADDRESS: decimals() of the contract at {address} is {found}, more than "
             f"{MAX_DECIMALS}: not an ERC-20 token?"
         )
-    if decimals is not None and decimals != found:
+    if given is not None and given != found:
         raise InputError(
-            f"--decimals: {decimals}, but decimals() of the token at {address} is {found} (a "
-            f"wrong --decimals scales every valuation of {symbol} by 10^{abs(found - decimals)}; "
+            f"--decimals: {given}, but decimals() of the token at {address} is {found} (a "
+            f"wrong --decimals scales every valuation of {symbol} by 10^{abs(found - given)}; "
             "omit --decimals to take the chain's)"
         )
+    return found
+
+
+def _symbol_warnings(raw: Any, *, address: str, symbol: str, allow_mismatch: bool) -> list[str]:
+    """``symbol()`` from its ``eth_call`` outcome against ``symbol``: a warning when it cannot
+    be read; a mismatch is an :class:`InputError` unless ``allow_mismatch`` (then a warning)."""
     warnings: list[str] = []
-    onchain = _symbol_result(raw_symbol)
+    onchain = _symbol_result(raw)
     if onchain is None:
         warnings.append(
             f"the token at {address} has no readable symbol(), so SYMBOL {symbol} was not "
@@ -299,20 +336,13 @@ async def check_token_on_chain(
         mismatch = (
             f"SYMBOL: {symbol}, but symbol() of the contract at {address} is {onchain[:40]!r}"
         )
-        if not allow_symbol_mismatch:
+        if not allow_mismatch:
             raise InputError(
                 f"{mismatch}: a symbol mismatch usually means a wrong address; if the name is "
                 "intended, add --allow-symbol-mismatch"
             )
         warnings.append(f"{mismatch} (registered anyway: --allow-symbol-mismatch)")
-    if feed is not None:
-        (answer,) = feed_code
-        if not _bytes_result(answer, "eth_getCode"):
-            raise InputError(
-                f"--feed: {feed} has no code on chain {chain_id} (no contract there): a price "
-                "feed must be a deployed AggregatorV3 contract"
-            )
-    return CheckedToken(decimals=found, warnings=tuple(warnings))
+    return warnings
 
 
 def _bytes_result(outcome: Any, method: str) -> bytes:

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon import cli_db, exitcodes
+from daemon import cli_db, cli_portfolio, exitcodes
+from daemon.cli_db_common import parse_address
 from daemon.config import Config, DatabaseConfig, parse_config
 from daemon.db import ConstraintViolation, Token, load_migrations
 from daemon.devtools.devnet import Devnet
 from daemon.devtools.pgserver import free_port
+from daemon.registration import InputError
 
 ACCOUNT = "0x" + "ab" * 20
 OTHER_ACCOUNT = "0x" + "cd" * 20
@@ -205,9 +207,11 @@ def test_portfolio_targets_are_validated(
 
 
 def test_weights_within_tolerance_are_accepted() -> None:
-    targets = cli_db.parse_targets(["A=0.333333333333", "B=0.333333333333", "C=0.333333333334"])
+    targets = cli_portfolio.parse_targets(
+        ["A=0.333333333333", "B=0.333333333333", "C=0.333333333334"]
+    )
     assert sum(targets.values()) == 1
-    assert cli_db.parse_targets(["A=0.5000000000005", "B=0.5"])
+    assert cli_portfolio.parse_targets(["A=0.5000000000005", "B=0.5"])
 
 
 @pytest.mark.parametrize(
@@ -237,8 +241,8 @@ def test_weights_within_tolerance_are_accepted() -> None:
     ],
 )
 def test_delegation_shape_errors_name_the_field(document: object, message: str) -> None:
-    with pytest.raises(cli_db.InputError) as info:
-        cli_db.validate_delegations(document, ACCOUNT)
+    with pytest.raises(InputError) as info:
+        cli_portfolio.validate_delegations(document, ACCOUNT)
     assert message in str(info.value)
 
 
@@ -285,7 +289,7 @@ def test_verifier_seam(
     assert _run(config, *args, verify_delegation=reject) == exitcodes.DATA_ERROR
     assert "signature does not recover" in capsys.readouterr().err
     # The guard's token set: the portfolio's tokens, then the quote token; the targets apart.
-    assert seen == [(1, cli_db.parse_address(ACCOUNT, "x"), ["WETH", "USDC"], ["WETH"])]
+    assert seen == [(1, parse_address(ACCOUNT, "x"), ["WETH", "USDC"], ["WETH"])]
     assert _run(config, *args, verify_delegation=_accept) == exitcodes.OK
 
 
@@ -342,9 +346,7 @@ def test_a_second_active_portfolio_on_one_account_is_refused(
     # Other targets, same account: refused, naming the portfolio that has it.
     assert _add(config, tmp_path, "second", ACCOUNT) == exitcodes.DATA_ERROR
     err = capsys.readouterr().err
-    assert (
-        f"--account {cli_db.parse_address(ACCOUNT, 'x')}: already has the active portfolio" in err
-    )
+    assert f"--account {parse_address(ACCOUNT, 'x')}: already has the active portfolio" in err
     assert "'first' (id 1)" in err
     assert "driftd portfolio deactivate first" in err
     # The same account spelled in upper case is the same account.

@@ -3,7 +3,7 @@
 Three levels, all against the real server (:func:`daemon.health.serve_health`):
 
 - a corpus of hostile lines (:data:`HOSTILE_LINES`, :data:`UNPRIVILEGED_LINES`) and a
-  hypothesis fuzz, with a fake :class:`~daemon.health.Controls` behind the server;
+  hypothesis fuzz, with a fake :class:`~daemon.control_protocol.Controls` behind the server;
 - connection slots and timeouts: idle, blank-line and trickling clients of another uid can
   neither lock root out nor keep their slots;
 - the same corpus sent to a real ``driftd run`` process, which must still answer ``health``.
@@ -43,14 +43,16 @@ from test_health import FakeControls, Running, serving
 
 from daemon import cli
 from daemon.config import DatabaseConfig
-from daemon.devtools.devnet import Devnet
-from daemon.health import (
+from daemon.control_protocol import (
     COMMANDS,
-    MAX_CONNECTIONS,
     MAX_DEPTH,
     MAX_LINE,
     MAX_NUMBER,
     MAX_READ_ONLY_LINE,
+)
+from daemon.devtools.devnet import Devnet
+from daemon.health import (
+    MAX_CONNECTIONS,
     RESERVED_CONNECTIONS,
     SHARED_READ_SECONDS,
     serve_health,
