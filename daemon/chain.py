@@ -18,9 +18,11 @@ each make a few calls per tick, so the client is a thin layer over one keep-aliv
   it is never retried. Every request is idempotent: ``eth_sendRawTransaction`` carries the same
   signed bytes each time, and a node's "already known" answer to a retry is success.
 
-ABI encoding uses eth-abi and signing eth-account (which uses coincurve when installed, ~10×
-faster than pure Python). Error messages never contain the RPC URL's path or query (hosted
-nodes put API keys there) nor any key material.
+Calls are encoded by :mod:`daemon.abi` (eth-abi), transactions are signed by
+:mod:`daemon.signer` (eth-account) and the typed failures live in :mod:`daemon.chain_errors`;
+this module re-exports their public names, so ``from daemon.chain import …`` keeps working for
+all of them. Error messages never contain the RPC URL's path or query (hosted nodes put API
+keys there) nor any key material.
 """
 
 from __future__ import annotations
@@ -32,204 +34,63 @@ import math
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from types import TracebackType
+from typing import Final, Self
 
 import attrs
 import httpx
 import trio
-from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
-from eth_account import Account
-from eth_utils.crypto import keccak
 
+from daemon.abi import encode_call, function_selector, hex_bytes, hex_int, hex_of
 from daemon.address import to_address
 from daemon.backoff import Backoff
-from daemon.config import ChainConfig, Secret, private_key_bytes
-
-Json = Any
-"""A decoded JSON value as the node sent it."""
-
-
-def function_selector(signature: str) -> bytes:
-    """The 4-byte selector of a canonical signature such as ``"transfer(address,uint256)"``."""
-    return keccak(text=signature)[:4]
-
-
-def encode_call(signature: str, *args: Any) -> bytes:
-    """Calldata for ``signature`` (e.g. ``"approve(address,uint256)"``) with ``args``."""
-    arg_types = _argument_types(signature)
-    return function_selector(signature) + abi_encode(arg_types, list(args))
-
-
-def _argument_types(signature: str) -> list[str]:
-    inner = signature[signature.index("(") + 1 : signature.rindex(")")]
-    types: list[str] = []
-    depth = 0
-    current = ""
-    for char in inner:
-        if char == "," and depth == 0:
-            types.append(current)
-            current = ""
-            continue
-        depth += char == "("
-        depth -= char == ")"
-        current += char
-    if current:
-        types.append(current)
-    return types
-
-
-def hex_bytes(value: str) -> bytes:
-    """Bytes from a node's ``0x…`` hex string."""
-    return bytes.fromhex(value[2:] if value.startswith(("0x", "0X")) else value)
-
-
-def hex_int(value: str) -> int:
-    """An int from a node's ``0x…`` quantity."""
-    return int(value, 16)
-
-
-def hex_of(data: bytes) -> str:
-    return "0x" + data.hex()
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class ChainError(Exception):
-    """Base of every failure the chain client reports."""
-
-
-class RpcTransportError(ChainError):
-    """The node could not be reached, or answered with an HTTP error or something not JSON-RPC."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RpcTimeout(ChainError):
-    """The node did not answer within ``chain.request_timeout`` (after the retries)."""
-
-
-class RpcError(ChainError):
-    """The node answered with a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Json = None) -> None:
-        super().__init__(f"RPC error {code}: {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class Reverted(ChainError):
-    """The EVM reverted. ``reason`` is human-readable; ``data`` is the raw revert data.
-
-    ``reason`` is the ``Error(string)`` message (``"UniswapV2Router: INSUFFICIENT_OUTPUT_AMOUNT"``),
-    ``"Panic(0x11)"``, the name of a known custom error (``"InvalidDelegate()"``), the selector of
-    an unknown one (``"custom error 0x12345678"``) or ``""`` when the node gave no data.
-    """
-
-    def __init__(self, reason: str, data: bytes = b"") -> None:
-        super().__init__(f"execution reverted: {reason}" if reason else "execution reverted")
-        self.reason = reason
-        self.data = data
-
-
-class ChainIdMismatch(ChainError):
-    """The node serves another chain than ``chain.chain_id`` says: nothing may be signed for it."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"chain id mismatch: configured {expected}, node reports {actual}")
-        self.expected = expected
-        self.actual = actual
-
-
-_ERROR_STRING_SELECTOR: Final = function_selector("Error(string)")
-_PANIC_SELECTOR: Final = function_selector("Panic(uint256)")
-
-KNOWN_CUSTOM_ERRORS: Final[Mapping[bytes, str]] = MappingProxyType(
-    {
-        function_selector(signature): signature
-        for signature in (
-            # DelegationManager v1.3.0
-            "InvalidDelegate()",
-            "InvalidDelegator()",
-            "InvalidAuthority()",
-            "InvalidEOASignature()",
-            "InvalidERC1271Signature()",
-            "CannotUseADisabledDelegation()",
-            "BatchDataLengthMismatch()",
-            "EmptySignature()",
-            "EnforcedPause()",
-            # DeleGator / ERC-7579 execution
-            "NotDelegationManager()",
-            "NotEntryPoint()",
-            "UnsupportedCallType(bytes1)",
-            "UnsupportedExecType(bytes1)",
-            "FailedInnerCall()",
-            "ExecutionFailed()",
-            # OpenZeppelin ERC20 v5
-            "ERC20InsufficientBalance(address,uint256,uint256)",
-            "ERC20InsufficientAllowance(address,uint256,uint256)",
-            "ERC20InvalidReceiver(address)",
-            "ERC20InvalidSpender(address)",
-        )
-    }
+from daemon.chain_errors import (
+    KNOWN_CUSTOM_ERRORS,
+    ChainError,
+    ChainIdMismatch,
+    Json,
+    Reverted,
+    RpcError,
+    RpcTimeout,
+    RpcTransportError,
+    decode_revert_reason,
+    error_from_response,
 )
-"""Custom errors the daemon may meet, by selector, to name them in :class:`Reverted`."""
+from daemon.config import ChainConfig
+from daemon.signer import SignedTx, TxRequest, TxSigner
 
-
-def decode_revert_reason(data: bytes) -> str:
-    """A readable reason from revert data (see :class:`Reverted`)."""
-    if not data:
-        return ""
-    selector = data[:4]
-    if selector == _ERROR_STRING_SELECTOR:
-        try:
-            (message,) = abi_decode(["string"], data[4:])
-        except Exception:  # noqa: BLE001 - malformed revert data is still a revert
-            return "Error(string) with malformed data"
-        return str(message)
-    if selector == _PANIC_SELECTOR and len(data) >= 36:
-        return f"Panic({hex(int.from_bytes(data[4:36], 'big'))})"
-    if selector in KNOWN_CUSTOM_ERRORS:
-        return KNOWN_CUSTOM_ERRORS[selector]
-    return f"custom error 0x{selector.hex()}"
-
-
-def _revert_data(data: Json) -> bytes | None:
-    """Revert data from a JSON-RPC error's ``data`` field, as nodes spell it."""
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            return hex_bytes(data)
-        except ValueError:
-            return None
-    if isinstance(data, Mapping):  # some nodes nest it: {"data": "0x…"} or {"originalError": …}
-        for key in ("data", "originalError"):
-            if key in data:
-                return _revert_data(data[key])
-    return None
-
-
-def _is_revert(code: int, message: str) -> bool:
-    # geth and anvil use code 3 for eth_call/eth_estimateGas reverts; others -32000 + message.
-    return code == 3 or message.lower().startswith("execution reverted")
-
-
-def error_from_response(error: Mapping[str, Json]) -> ChainError:
-    """The typed exception for a JSON-RPC error object."""
-    code = int(error.get("code", 0))
-    message = str(error.get("message", ""))
-    data = error.get("data")
-    if _is_revert(code, message):
-        revert_data = _revert_data(data) or b""
-        reason = decode_revert_reason(revert_data)
-        if not reason and ":" in message:  # "execution reverted: reason" without data
-            reason = message.split(":", 1)[1].strip()
-        return Reverted(reason, revert_data)
-    return RpcError(code, message, data)
+__all__ = [
+    "KNOWN_CUSTOM_ERRORS",
+    "TRANSIENT_HTTP_STATUSES",
+    "TRANSIENT_RPC_CODES",
+    "Block",
+    "ChainClient",
+    "ChainError",
+    "ChainIdMismatch",
+    "FeeData",
+    "Json",
+    "Log",
+    "Receipt",
+    "RetryPolicy",
+    "Reverted",
+    "RpcCall",
+    "RpcError",
+    "RpcTimeout",
+    "RpcTransportError",
+    "SignedTx",
+    "TxRequest",
+    "TxSigner",
+    "decode_revert_reason",
+    "encode_call",
+    "erc20_decimals",
+    "error_from_response",
+    "function_selector",
+    "hex_bytes",
+    "hex_int",
+    "hex_of",
+    "parse_retry_after",
+]
 
 
 # --- value types ----------------------------------------------------------------------------
@@ -302,74 +163,6 @@ class Receipt:
                 )
                 for item in raw.get("logs", ())
             ),
-        )
-
-
-@attrs.frozen
-class TxRequest:
-    """An unsigned EIP-1559 transaction."""
-
-    to: str
-    data: bytes
-    nonce: int
-    gas: int
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-    chain_id: int
-    value: int = 0
-
-
-@attrs.frozen
-class SignedTx:
-    """Signed bytes ready for ``eth_sendRawTransaction`` and their hash."""
-
-    raw: bytes = attrs.field(repr=False)
-    hash: str
-    nonce: int
-    sender: str
-
-
-@attrs.define(eq=False)
-class TxSigner:
-    """Signs EIP-1559 transactions with one private key. The key is never printed."""
-
-    _key: Secret = attrs.field(repr=False, alias="key")
-    address: str = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        try:
-            # Exactly 32 bytes of hex: eth-account alone takes 63 digits (a truncated paste)
-            # and would sign with another key. Its message says what is wrong, never the key.
-            key = private_key_bytes(self._key.reveal())
-        except ValueError as exc:
-            raise ValueError(f"signer key is not a valid secp256k1 private key: {exc}") from None
-        try:
-            self.address = to_address(Account.from_key(key).address)
-        except (ValueError, TypeError):
-            # The library's message may echo the key; ours does not.
-            raise ValueError("signer key is not a valid secp256k1 private key") from None
-
-    def sign(self, tx: TxRequest) -> SignedTx:
-        signed = Account.sign_transaction(
-            {
-                "type": 2,
-                "chainId": tx.chain_id,
-                "nonce": tx.nonce,
-                "to": tx.to,
-                "value": tx.value,
-                "data": tx.data,
-                "gas": tx.gas,
-                "maxFeePerGas": tx.max_fee_per_gas,
-                "maxPriorityFeePerGas": tx.max_priority_fee_per_gas,
-                "accessList": [],
-            },
-            self._key.reveal(),
-        )
-        return SignedTx(
-            raw=bytes(signed.raw_transaction),
-            hash=hex_of(bytes(signed.hash)),
-            nonce=tx.nonce,
-            sender=self.address,
         )
 
 

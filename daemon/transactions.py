@@ -34,46 +34,70 @@ Rules kept here:
 * **Several nonces in flight.** Slots are independent; nonces are allocated under a lock, each
   slot is settled by its own task, and recovery rebuilds every slot from the store.
 
-The node and the store are small protocols (:class:`Node`, :class:`IntentStore`) so every
-transition is unit-tested against in-memory fakes under Trio's virtual clock.
+The node and the store are small protocols (:class:`Node`, :class:`IntentStore`, in
+:mod:`daemon.transactions_io`) so every transition is unit-tested against in-memory fakes under
+Trio's virtual clock. The settings, plans, slots, outcomes and fee rules are plain values in
+:mod:`daemon.transactions_values`. This module is the engine; it re-exports both modules' public
+names, so ``from daemon.transactions import …`` keeps working for all of them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from decimal import Decimal
-from typing import Any, Final, Literal, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 
-from daemon.address import to_address
 from daemon.backoff import Backoff
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    FeeData,
-    Json,
-    Receipt,
-    RpcError,
-    RpcTransportError,
-    SignedTx,
-    TxRequest,
-    TxSigner,
-    hex_int,
-    hex_of,
-)
+from daemon.chain_errors import ChainError, RpcError
 from daemon.db import (
     DatabaseError,
     DatabaseUnavailable,
-    IntentPurpose,
     NewTxIntent,
     QueryTimeout,
     TxIntent,
     TxReceipt,
 )
 from daemon.logs import get_logger
+from daemon.signer import SignedTx, TxRequest, TxSigner
+from daemon.transactions_io import ChainNode, IntentStore, Node
+from daemon.transactions_values import (
+    FeeAboveCeiling,
+    LifecycleSettings,
+    NodeView,
+    NonceSlot,
+    Settled,
+    SignerBlocked,
+    TxOutcome,
+    TxPlan,
+    bump_fee,
+    opening_fees,
+    plan_of,
+    replacement_due,
+    replacement_fees,
+)
+
+__all__ = [
+    "CANCEL_GAS",
+    "RESEND_BACKOFF_MAX",
+    "STORE_RETRY_MAX",
+    "UNSENDABLE_AFTER",
+    "ChainNode",
+    "FeeAboveCeiling",
+    "IntentStore",
+    "LifecycleSettings",
+    "Node",
+    "NodeView",
+    "NonceSlot",
+    "Settled",
+    "SignerBlocked",
+    "SignerTransactions",
+    "TxOutcome",
+    "TxPlan",
+    "opening_fees",
+    "replacement_fees",
+]
 
 T = TypeVar("T")
 
@@ -86,236 +110,12 @@ UNSENDABLE_AFTER: Final = 2
 STORE_RETRY_MAX: Final = 10.0
 """Seconds between retries of a write the lifecycle cannot go on without, at most."""
 
-TxOutcome = Literal["mined", "cancelled", "consumed"]
-
 
 def _resend_backoff(settings: LifecycleSettings) -> Backoff:
     """Wait after the n-th failed check or send: ``poll_interval`` doubled per failure, the
     doubling stopping after 8 steps, never over :data:`RESEND_BACKOFF_MAX`."""
     ceiling = min(RESEND_BACKOFF_MAX, settings.poll_interval * 2**8)
     return Backoff(initial=settings.poll_interval, maximum=ceiling)
-
-
-class SignerBlocked(Exception):
-    """No new nonce may be allocated now (a nonce cannot be sent, or the node is wrong)."""
-
-
-class FeeAboveCeiling(Exception):
-    """The market fee is above ``execution.max_fee_gwei``: nothing was signed."""
-
-
-# --- what the lifecycle needs from the node and the store ------------------------------------
-
-
-@attrs.frozen
-class NodeView:
-    """One observation of the node, taken in one round trip."""
-
-    chain_id: int
-    mined_nonce: int
-    """How many of the signer's transactions are mined (``eth_getTransactionCount … latest``)."""
-    head_timestamp: int
-    base_fee: int
-    receipts: Mapping[str, Receipt]
-    """Of the hashes asked about, those mined."""
-    known: frozenset[str]
-    """Of the hashes asked about, those the node has (in its pool or mined)."""
-
-
-class Node(Protocol):
-    """The questions the lifecycle asks of the chain."""
-
-    @property
-    def chain_id(self) -> int:
-        """The chain this process signs for."""
-
-    async def observe(self, signer: str, hashes: Sequence[str]) -> NodeView:
-        """Receipts and knowledge of ``hashes``, the mined nonce, the head; one round trip.
-        Raises :class:`~daemon.chain.ChainError` on any failure or malformed reply."""
-
-    async def send(self, raw: bytes) -> None:
-        """``eth_sendRawTransaction``. Its outcome is never trusted: the next observation
-        tells whether the node has the transaction."""
-
-    async def fees(self) -> FeeData:
-        """Base fee and suggested priority fee now."""
-
-
-class IntentStore(Protocol):
-    """Where intents are recorded (``tx_intent``; :class:`daemon.db.Database`)."""
-
-    async def insert_intent(self, intent: NewTxIntent) -> TxIntent: ...
-
-    async def replace_intent(self, old_id: int, new: NewTxIntent) -> TxIntent: ...
-
-    async def mark_intent(
-        self, intent_id: int, status: Any, *, error: str | None = None
-    ) -> TxIntent: ...
-
-    async def record_intent_receipt(self, intent_id: int, receipt: TxReceipt) -> TxIntent: ...
-
-    async def drop_nonce(self, chain_id: int, signer: str, nonce: int, error: str) -> None: ...
-
-    async def nonce_versions(self, chain_id: int, signer: str) -> list[TxIntent]: ...
-
-
-@attrs.define(eq=False)
-class ChainNode:
-    """:class:`Node` over the JSON-RPC client."""
-
-    client: ChainClient
-
-    @property
-    def chain_id(self) -> int:
-        return self.client.chain_id
-
-    async def observe(self, signer: str, hashes: Sequence[str]) -> NodeView:
-        calls: list[tuple[str, Sequence[Json]]] = [
-            ("eth_chainId", []),
-            ("eth_getTransactionCount", [signer, "latest"]),
-            ("eth_getBlockByNumber", ["latest", False]),
-        ]
-        calls += [("eth_getTransactionReceipt", [h]) for h in hashes]
-        calls += [("eth_getTransactionByHash", [h]) for h in hashes]
-        results = await self.client.batch(calls)
-        try:
-            chain_id, mined, head = hex_int(results[0]), hex_int(results[1]), results[2]
-            receipts: dict[str, Receipt] = {}
-            known: set[str] = set()
-            for tx_hash, raw in zip(hashes, results[3 : 3 + len(hashes)], strict=True):
-                if raw is not None and raw.get("blockNumber") is not None:
-                    receipts[tx_hash] = Receipt.from_json(raw)
-                    known.add(tx_hash)
-            for tx_hash, raw in zip(hashes, results[3 + len(hashes) :], strict=True):
-                if raw is not None:
-                    known.add(tx_hash)
-            return NodeView(
-                chain_id=chain_id,
-                mined_nonce=mined,
-                head_timestamp=hex_int(head["timestamp"]),
-                base_fee=hex_int(head.get("baseFeePerGas") or "0x0"),
-                receipts=receipts,
-                known=frozenset(known),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # A reply that does not parse is a transient fault, never a verdict.
-            raise RpcTransportError(f"malformed reply to a transaction check: {exc!r}") from None
-
-    async def send(self, raw: bytes) -> None:
-        await self.client.request("eth_sendRawTransaction", [hex_of(raw)])
-
-    async def fees(self) -> FeeData:
-        return await self.client.fee_data()
-
-
-# --- values -----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class LifecycleSettings:
-    """The live-reloadable parameters of the lifecycle (``[execution]``)."""
-
-    max_fee_per_gas: int = 500 * 10**9
-    """The fee ceiling of trades (wei); a cancel may bid one bump above it."""
-    fee_bump: Decimal = Decimal("0.125")
-    receipt_timeout: float = 120.0
-    """Seconds a version may stay unmined before it is replaced with higher fees."""
-    poll_interval: float = 0.25
-    consumed_grace: float = 5.0
-    """Seconds the nonce must look consumed by another transaction before we believe it (a
-    node can count a mined nonce before it serves the receipt)."""
-
-
-@attrs.frozen
-class TxPlan:
-    """What one nonce carries: everything needed to sign it again with other fees."""
-
-    to: str = attrs.field(converter=to_address)
-    data: bytes = attrs.field(repr=False)
-    gas: int
-    purpose: IntentPurpose
-    value: int = 0
-    deadline: int | None = None
-    """Chain time after which the trade is void: the nonce is then cancelled."""
-    rebalance_id: int | None = None
-    call_index: int | None = None
-
-
-@attrs.frozen
-class Settled:
-    """How a nonce was consumed."""
-
-    nonce: int
-    outcome: TxOutcome
-    receipt: Receipt | None = None
-    """The mined version's receipt (``mined`` and ``cancelled``)."""
-    intent: TxIntent | None = None
-    """The mined version."""
-
-
-@attrs.define(eq=False)
-class NonceSlot:
-    """One nonce in flight and every version of it we signed."""
-
-    nonce: int
-    plan: TxPlan | None
-    """None for an intent recorded before plans were stored: it can only be cancelled."""
-    versions: list[TxIntent]
-    opened_at: float
-    version_at: float
-    """trio time the newest version was recorded (or recovered)."""
-    next_send_at: float = 0.0
-    failed_sends: int = 0
-    refusals: int = 0
-    """Sends the node answered with an error (not transport failures): counts toward
-    :attr:`unsendable`."""
-    last_send_error: str | None = None
-    unsendable: str | None = None
-    """Why no node takes any version of this nonce; set, it blocks new allocations."""
-    consumed_since: float | None = None
-    trouble: str | None = None
-    """The last failed observation, for health."""
-    sent_once: bool = False
-
-    @property
-    def newest(self) -> TxIntent:
-        return self.versions[-1]
-
-    @property
-    def hashes(self) -> list[str]:
-        return [v.tx_hash for v in self.versions]
-
-
-def _bump(value: int, bump: Decimal) -> int:
-    return math.ceil(Decimal(value) * (1 + bump))
-
-
-def opening_fees(fees: FeeData, ceiling: int) -> tuple[int, int]:
-    """``(max_fee, priority)`` of a first version: room for a doubling base fee, capped at the
-    ceiling; :class:`FeeAboveCeiling` if the ceiling cannot pay today's base fee."""
-    priority = max(fees.priority_fee, 1)
-    max_fee = min(fees.max_fee(), ceiling)
-    if max_fee < fees.base_fee + priority:
-        raise FeeAboveCeiling(
-            f"base fee {fees.base_fee} wei + priority {priority} is above the fee ceiling "
-            f"{ceiling} wei"
-        )
-    return max_fee, priority
-
-
-def replacement_fees(
-    newest: TxIntent, base_fee: int, bump: Decimal, ceiling: int | None = None
-) -> tuple[int, int]:
-    """Fees of a replacement: both raised by at least ``bump`` over the newest version (what
-    nodes require to replace it) and enough for today's base fee, with room for it to double
-    — but no more than ``ceiling`` when the ceiling still pays the bump and today's base fee.
-    A ``max_fee`` above ``ceiling`` means no replacement fits under it."""
-    priority = max(_bump(newest.max_priority_fee_per_gas or 1, bump), 1)
-    least = max(_bump(newest.max_fee_per_gas or 1, bump), base_fee + priority)
-    wanted = max(least, 2 * base_fee + priority)
-    if ceiling is not None and least <= ceiling:
-        wanted = min(wanted, ceiling)
-    return wanted, priority
 
 
 # --- the lifecycle ------------------------------------------------------------------------------
@@ -393,7 +193,7 @@ class SignerTransactions:
             ordered = [v for v in group if not v.live] + live[-1:]
             slot = NonceSlot(
                 nonce=nonce,
-                plan=_plan_of(live[-1]),
+                plan=plan_of(live[-1]),
                 versions=ordered,
                 opened_at=now,
                 version_at=now,
@@ -589,29 +389,15 @@ class SignerTransactions:
     ) -> None:
         newest = slot.newest
         now = trio.current_time()
-        anything_known = any(h in view.known for h in slot.hashes)
         cancelling = newest.purpose == "cancel"
-        cancel_ceiling = _bump(settings.max_fee_per_gas, settings.fee_bump)
+        cancel_ceiling = bump_fee(settings.max_fee_per_gas, settings.fee_bump)
         ceiling = cancel_ceiling if cancelling else settings.max_fee_per_gas
         deadline = slot.plan.deadline if slot.plan is not None else None
         waited = now - slot.version_at
-        below_base_fee = not anything_known and view.base_fee + 1 > (newest.max_fee_per_gas or 0)
-        # A version no node has is only re-signed when its fee is what keeps it out; bumping
-        # it for waiting (no gas money, say) would only raise the balance it needs.
-        stuck = anything_known and waited > settings.receipt_timeout
-        reason: str | None = None
-        cancel = False
-        if not cancelling and deadline is not None and view.head_timestamp > deadline:
-            reason, cancel = f"the trade's deadline {deadline} has passed", True
-        elif not cancelling and slot.plan is None and (stuck or below_base_fee):
-            # Recorded before plans were stored: it cannot be re-signed, only cancelled.
-            reason, cancel = "a recovered transaction without a stored plan is stuck", True
-        elif below_base_fee:
-            reason = f"its max fee is below the base fee {view.base_fee}"
-        elif stuck:
-            reason = f"not mined after {waited:.0f} s"
-        if reason is None:
+        due = replacement_due(slot, view, settings, waited)
+        if due is None:
             return
+        reason, cancel = due
         if cancel:
             ceiling = cancel_ceiling
         max_fee, priority = replacement_fees(newest, view.base_fee, settings.fee_bump, ceiling)
@@ -631,8 +417,23 @@ class SignerTransactions:
                 deadline=deadline,
             )
         else:
-            assert slot.plan is not None  # no plan means cancel (above)
+            assert slot.plan is not None  # no plan means cancel (replacement_due)
             plan = slot.plan
+        await self._record_replacement(slot, plan, (max_fee, priority), reason, now, log)
+
+    async def _record_replacement(
+        self,
+        slot: NonceSlot,
+        plan: TxPlan,
+        fees: tuple[int, int],
+        reason: str,
+        now: float,
+        log: Any,
+    ) -> None:
+        """Sign ``plan`` at ``fees`` (max fee, priority) and record it as the successor of
+        ``slot``'s newest version, before it is ever sent."""
+        newest = slot.newest
+        max_fee, priority = fees
         tx = self._request(plan, slot.nonce, max_fee, priority)
         signed = self.signer.sign(tx)
         try:
@@ -761,19 +562,3 @@ class SignerTransactions:
                 log.warning("tx_outcome_not_recorded", error=str(exc), retry_in=delay)
                 await trio.sleep(delay)
                 attempt += 1
-
-
-def _plan_of(intent: TxIntent) -> TxPlan | None:
-    """The stored plan of a recorded version (None for intents recorded before v3)."""
-    if intent.tx_to is None or intent.tx_data is None or intent.gas_limit is None:
-        return None
-    return TxPlan(
-        to=intent.tx_to,
-        data=intent.tx_data,
-        gas=intent.gas_limit,
-        purpose=intent.purpose,
-        value=intent.tx_value or 0,
-        deadline=intent.deadline,
-        rebalance_id=intent.rebalance_id,
-        call_index=intent.call_index,
-    )

@@ -22,14 +22,15 @@ import trio.testing
 from daemon_harness import daemon_document, move_price, run_cli, write_toml
 from test_daemon import finished_rows, running_daemon, setup_portfolio, wait_for
 
-from daemon import control
 from daemon import db as dbm
-from daemon.app import Daemon, retry_database
+from daemon import probes
+from daemon.app import Daemon
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
 from daemon.devtools.devnet import Devnet
 from daemon.devtools.pgserver import PostgresServer
+from daemon.retry import retry_database
 
 OUTAGE_SECONDS = 5.0
 """Longer than a probe round and many price ticks: enough to prove the daemon waits."""
@@ -52,7 +53,7 @@ def server(pg_server: PostgresServer | None) -> Iterator[PostgresServer]:
 @pytest.fixture
 def fast_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Probe every half second instead of every five, so the test need not wait long."""
-    monkeypatch.setattr(control, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(probes, "PROBE_SECONDS", 0.5)
 
 
 def health(daemon: Daemon) -> dict[str, Any]:
@@ -65,6 +66,34 @@ async def rows_once_reachable(db: dbm.Database) -> list[dbm.RebalanceLogEntry] |
         return await finished_rows(db, "main")
     except dbm.DatabaseUnavailable:
         return None
+
+
+async def ride_out_outage(daemon: Daemon, server: PostgresServer) -> None:
+    """Stop the server for :data:`OUTAGE_SECONDS` and check the daemon waits it out: running,
+    the database failing in health, price snapshots still published. Starts it again."""
+    server.stop()  # in this thread: blocks the loop for the fast shutdown only
+    try:
+        outage_started = trio.current_time()
+        tick_before = daemon.feed.last_tick_at
+
+        async def database_failing() -> bool:
+            return not health(daemon)["database"]["ok"]
+
+        await wait_for(database_failing, "health to see the outage", within=10)
+        document = health(daemon)
+        assert document["status"] in ("failing", "degraded")
+        assert any(p.startswith("database: ") for p in document["problems"])
+        # Stay down for the rest of the outage; the daemon must still be running
+        # (if it died, running_daemon's nursery cancels us and re-raises its error).
+        await trio.sleep(OUTAGE_SECONDS - (trio.current_time() - outage_started))
+        assert not health(daemon)["database"]["ok"]
+        # The price feed kept publishing snapshots without storing them.
+        assert daemon.feed.last_tick_at is not None
+        assert tick_before is not None
+        assert daemon.feed.last_tick_at > tick_before
+        assert daemon.supervisor.actors["main"].status == "running"
+    finally:
+        server.start()
 
 
 @pytest.mark.usefixtures("fast_probes")
@@ -90,29 +119,7 @@ async def test_daemon_rides_out_a_database_outage_and_resumes_by_itself(
                 await wait_for(healthy, "a healthy daemon")
                 assert set(daemon.supervisor.actors) == {"main"}
 
-                server.stop()  # in this thread: blocks the loop for the fast shutdown only
-                try:
-                    outage_started = trio.current_time()
-                    tick_before = daemon.last_tick_at
-
-                    async def database_failing() -> bool:
-                        return not health(daemon)["database"]["ok"]
-
-                    await wait_for(database_failing, "health to see the outage", within=10)
-                    document = health(daemon)
-                    assert document["status"] in ("failing", "degraded")
-                    assert any(p.startswith("database: ") for p in document["problems"])
-                    # Stay down for the rest of the outage; the daemon must still be running
-                    # (if it died, running_daemon's nursery cancels us and re-raises its error).
-                    await trio.sleep(OUTAGE_SECONDS - (trio.current_time() - outage_started))
-                    assert not health(daemon)["database"]["ok"]
-                    # The price feed kept publishing snapshots without storing them.
-                    assert daemon.last_tick_at is not None
-                    assert tick_before is not None
-                    assert daemon.last_tick_at > tick_before
-                    assert daemon.supervisor.actors["main"].status == "running"
-                finally:
-                    server.start()
+                await ride_out_outage(daemon, server)
 
                 async def database_ok() -> bool:
                     return health(daemon)["database"]["ok"] is True

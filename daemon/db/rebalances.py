@@ -25,6 +25,25 @@ from daemon.db.records import (
 )
 
 
+async def _refuse_if_traded_since(
+    conn: asyncpg.Connection, portfolio_id: int, balances_block: int
+) -> None:
+    """:class:`RebalanceRefused` if a swap of the portfolio was mined after ``balances_block``
+    (a plan made from those balances would trade on balances that no longer exist)."""
+    mined = await conn.fetchval(
+        "SELECT max(i.block_number) FROM tx_intent i"
+        " JOIN rebalance_log r ON r.id = i.rebalance_id"
+        " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED'"
+        " AND i.purpose = 'swap'",
+        portfolio_id,
+    )
+    if mined is not None and mined > balances_block:
+        raise RebalanceRefused(
+            f"the plan's balances (block {balances_block}) predate a trade of this "
+            f"portfolio mined in block {mined}"
+        )
+
+
 class RebalanceLog(Store):
     """Rebalance attempts (``rebalance_log``)."""
 
@@ -55,18 +74,7 @@ class RebalanceLog(Store):
 
         async def work(conn: asyncpg.Connection) -> int:
             if balances_block is not None:
-                mined = await conn.fetchval(
-                    "SELECT max(i.block_number) FROM tx_intent i"
-                    " JOIN rebalance_log r ON r.id = i.rebalance_id"
-                    " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED'"
-                    " AND i.purpose = 'swap'",
-                    portfolio_id,
-                )
-                if mined is not None and mined > balances_block:
-                    raise RebalanceRefused(
-                        f"the plan's balances (block {balances_block}) predate a trade of this "
-                        f"portfolio mined in block {mined}"
-                    )
+                await _refuse_if_traded_since(conn, portfolio_id, balances_block)
             try:
                 async with conn.transaction():
                     return int(

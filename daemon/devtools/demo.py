@@ -54,7 +54,7 @@ import trio
 
 from daemon import exitcodes
 from daemon.app import Daemon, leaf_exceptions, run_daemon
-from daemon.chain import ChainError
+from daemon.chain_errors import ChainError
 from daemon.db import DatabaseError
 from daemon.devtools import pgserver
 from daemon.devtools.demo_monitor import Monitor

@@ -16,12 +16,12 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from daemon.abi import encode_call, function_selector
 from daemon.address import to_address
 from daemon.app import Daemon
-from daemon.chain import encode_call, function_selector
 from daemon.cooldown import cooldown_remaining
 from daemon.db import RebalanceLogEntry
-from daemon.devtools.demo_setup import MAX_TRADE_USD, DemoEnvironment, spot_prices
+from daemon.devtools.demo_setup import DemoEnvironment, spot_prices
 from daemon.devtools.demo_stats import (
     Board,
     DemoPortfolio,
@@ -57,7 +57,7 @@ def value_of(
     devnet: Devnet,
     balances: Mapping[str, int],
     prices: Mapping[str, Decimal],
-    threshold: Decimal,
+    params: EngineParams,
 ) -> Valuation:
     """Weights and max drift with the daemon's own engine (an independent reading)."""
     holdings = [
@@ -69,7 +69,7 @@ def value_of(
             holdings,
             portfolio.targets,
             prices,
-            params=EngineParams(drift_threshold=threshold, max_trade_usd=MAX_TRADE_USD),
+            params=params,
         )
     except InvalidPortfolio:
         return Valuation({}, None, None)
@@ -83,7 +83,7 @@ def value_of(
 
 
 async def valuation_at(
-    env: DemoEnvironment, portfolio: DemoPortfolio, block: int, threshold: Decimal
+    env: DemoEnvironment, portfolio: DemoPortfolio, block: int, params: EngineParams
 ) -> Valuation:
     """The portfolio at the end of ``block`` (balances and pool prices read at that block):
     the drift a rebalance left, before the market moved again."""
@@ -110,7 +110,7 @@ async def valuation_at(
         prices[token.symbol] = pool_spot_price(
             reserve_token, reserve_quote, token.decimals, quote.decimals
         )
-    return value_of(portfolio, devnet, balances, prices, threshold)
+    return value_of(portfolio, devnet, balances, prices, params)
 
 
 @attrs.define(eq=False)
@@ -136,6 +136,11 @@ class Monitor:
     def threshold(self) -> Decimal:
         return self.env.config.rebalance.drift_threshold
 
+    @property
+    def params(self) -> EngineParams:
+        """The engine's knobs as the daemon under demonstration has them."""
+        return EngineParams.from_config(self.env.config)
+
     def on_move(self, move: PriceMove) -> None:
         self.price_moves += 1
         self.last_move = describe_move(move)
@@ -155,7 +160,7 @@ class Monitor:
             addresses = [env.devnet.token(symbol).address for symbol in portfolio.targets]
             balances = await env.chain.balances(portfolio.account, addresses)
             valuations[portfolio.name] = value_of(
-                portfolio, env.devnet, balances, prices, self.threshold
+                portfolio, env.devnet, balances, prices, self.params
             )
         rows = await env.db.rebalance_history(limit=100)
         self.pending = sum(1 for row in rows if row.status == "PENDING")
@@ -177,7 +182,7 @@ class Monitor:
             if receipt is not None:
                 on_chain, block = receipt.succeeded, receipt.block_number
                 portfolio = next(p for p in self.env.portfolios if p.name == name)
-                after = await valuation_at(self.env, portfolio, block, self.threshold)
+                after = await valuation_at(self.env, portfolio, block, self.params)
                 drift_after = after.max_drift
             if self.first_success_seconds is None and self.started_wall and row.finished_at:
                 self.first_success_seconds = (row.finished_at - self.started_wall).total_seconds()

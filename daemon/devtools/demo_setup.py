@@ -257,22 +257,8 @@ async def setup(
     bindir: Path,
     temp_dir: Path,
 ) -> DemoEnvironment:
-    log_path = temp_dir / "driftd.log"
-    log_file = log_path.open("a", encoding="utf-8")
-    stack.callback(log_file.close)
-    stack.callback(structlog.reset_defaults)
-    # Libraries that log through the standard library (asyncpg) are routed there too, as JSON,
-    # not over the live view.
-    configure_logging("info", "json", stream=log_file)
-
-    reporter.progress("starting a throwaway PostgreSQL on a free loopback port")
-    postgres = pgserver.PostgresServer(
-        bindir=bindir, root=Path(tempfile.mkdtemp(prefix="driftd-pg-"))
-    )
-    stack.callback(postgres.remove)
-    await trio.to_thread.run_sync(postgres.init)
-    # In this (the main) thread: the server's parent-death signal is tied to the starting thread.
-    postgres.start()
+    log_path = _log_to_file(stack, temp_dir)
+    postgres = await _start_postgres(stack, reporter, bindir)
 
     reporter.progress(
         "starting anvil and deploying Uniswap V2, WETH9/USDC/WBTC and the Delegation Framework"
@@ -287,6 +273,78 @@ async def setup(
         f"creating {len(plans)} smart accounts, funding each with {PORTFOLIO_USD:,} USD at "
         "its targets, signing their delegations"
     )
+    config, config_path = _write_config(devnet, postgres, temp_dir)
+    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
+    site = _PortfolioSite(chain, devnet, config, domain, root, temp_dir)
+    portfolios: list[DemoPortfolio] = []
+    delegation_files: list[Path] = []
+    for index, (name, targets) in enumerate(plans):
+        portfolio, path = await _open_portfolio(site, index, name, targets, prices)
+        delegation_files.append(path)
+        portfolios.append(portfolio)
+
+    reporter.progress("registering tokens and portfolios with the driftd CLI")
+    await _register(reporter, devnet, portfolios, delegation_files, config_path)
+
+    db = await stack.enter_async_context(open_database(config.database))
+    reporter.progress("funding the market's trader account")
+    await _fund_trader(trader, devnet)
+    return DemoEnvironment(
+        temp_dir=temp_dir,
+        log_path=log_path,
+        postgres=postgres,
+        devnet=devnet,
+        chain=chain,
+        db=db,
+        config=config,
+        config_path=config_path,
+        portfolios=tuple(portfolios),
+        trader=trader,
+    )
+
+
+async def _fund_trader(trader: Trader, devnet: Devnet) -> None:
+    await trader.prepare(
+        {
+            # As deep as the pools: enough for any move the walk's bounds allow.
+            "USDC": devnet.token("USDC").units(9_000_000),
+            "WETH": devnet.token("WETH").units(3_000),
+            "WBTC": devnet.token("WBTC").units(150),
+        }
+    )
+
+
+def _log_to_file(stack: contextlib.AsyncExitStack, temp_dir: Path) -> Path:
+    """Send the daemon's logs to ``driftd.log`` in ``temp_dir`` (not over the live view)."""
+    log_path = temp_dir / "driftd.log"
+    log_file = log_path.open("a", encoding="utf-8")
+    stack.callback(log_file.close)
+    stack.callback(structlog.reset_defaults)
+    # Libraries that log through the standard library (asyncpg) are routed there too, as JSON,
+    # not over the live view.
+    configure_logging("info", "json", stream=log_file)
+    return log_path
+
+
+async def _start_postgres(
+    stack: contextlib.AsyncExitStack, reporter: Reporter, bindir: Path
+) -> pgserver.PostgresServer:
+    reporter.progress("starting a throwaway PostgreSQL on a free loopback port")
+    postgres = pgserver.PostgresServer(
+        bindir=bindir, root=Path(tempfile.mkdtemp(prefix="driftd-pg-"))
+    )
+    stack.callback(postgres.remove)
+    await trio.to_thread.run_sync(postgres.init)
+    # In this (the main) thread: the server's parent-death signal is tied to the starting thread.
+    postgres.start()
+    return postgres
+
+
+def _write_config(
+    devnet: Devnet, postgres: pgserver.PostgresServer, temp_dir: Path
+) -> tuple[Config, Path]:
+    """The signer's key file and the daemon's configuration file in ``temp_dir``; the parsed
+    configuration and the file's path."""
     key_file = temp_dir / "signer.key"
     key_file.touch(mode=0o600)
     key_file.write_text(devnet.signer_key.reveal() + "\n", encoding="utf-8")
@@ -297,44 +355,72 @@ async def setup(
         config = parse_config(document, {}, source=str(config_path))
     except ConfigError as exc:  # pragma: no cover - the document is ours
         raise SetupFailed(str(exc)) from None
-    domain = DelegationDomain(chain_id=devnet.chain_id, manager=devnet.manager)
-    portfolios: list[DemoPortfolio] = []
-    delegation_files: list[Path] = []
-    for index, (name, targets) in enumerate(plans):
-        owner_key = devnet_key(f"demo owner {index}")
-        account = await create_smart_account(chain, devnet, owner_key, salt=index, root=root)
-        await fund_to_targets(chain, devnet, account.address, targets, prices)
-        listed = list(dict.fromkeys([*targets, devnet.quote_symbol]))
-        terms = guard_terms(
-            config.guard,
-            [
-                GuardToken(
-                    devnet.token(s).address,
-                    devnet.feeds[s],
-                    devnet.token(s).decimals,
-                    FEED_DECIMALS,
-                )
-                for s in listed
-            ],
-        )
-        built = build_portfolio_delegations(
-            account=account.address,
-            delegate=devnet.signer,
-            router=devnet.router,
-            tokens=[devnet.token(symbol).address for symbol in targets],
-            enforcers=devnet.delegation_config(),
-            salt=index + 1,
-            guard=guard_caveat(config.guard.enforcer, terms),
-            expires_at=int(time.time()) + config.guard.valid_days * 86_400,
-            nonce=await current_nonce(chain, devnet.delegation_config(), account.address),
-        )
-        signed = [sign_delegation(d, domain, owner_key) for d in built.as_list()]
-        path = temp_dir / f"{name}-delegations.json"
-        path.write_text(dump_delegation_file(signed), encoding="utf-8")
-        delegation_files.append(path)
-        portfolios.append(DemoPortfolio(name=name, account=account.address, targets=targets))
+    return config, config_path
 
-    reporter.progress("registering tokens and portfolios with the driftd CLI")
+
+@attrs.frozen
+class _PortfolioSite:
+    """Where the demo's portfolios are opened: the same for each of them."""
+
+    chain: ChainClient
+    devnet: Devnet
+    config: Config
+    domain: DelegationDomain
+    root: Path
+    temp_dir: Path
+
+
+async def _open_portfolio(
+    site: _PortfolioSite,
+    index: int,
+    name: str,
+    targets: Mapping[str, Decimal],
+    prices: Mapping[str, Decimal],
+) -> tuple[DemoPortfolio, Path]:
+    """Smart account number ``index``, funded at ``targets``, and its signed delegations in a
+    file; the portfolio and the file's path."""
+    chain, devnet, config = site.chain, site.devnet, site.config
+    owner_key = devnet_key(f"demo owner {index}")
+    account = await create_smart_account(chain, devnet, owner_key, salt=index, root=site.root)
+    await fund_to_targets(chain, devnet, account.address, targets, prices)
+    listed = list(dict.fromkeys([*targets, devnet.quote_symbol]))
+    terms = guard_terms(
+        config.guard,
+        [
+            GuardToken(
+                devnet.token(s).address,
+                devnet.feeds[s],
+                devnet.token(s).decimals,
+                FEED_DECIMALS,
+            )
+            for s in listed
+        ],
+    )
+    built = build_portfolio_delegations(
+        account=account.address,
+        delegate=devnet.signer,
+        router=devnet.router,
+        tokens=[devnet.token(symbol).address for symbol in targets],
+        enforcers=devnet.delegation_config(),
+        salt=index + 1,
+        guard=guard_caveat(config.guard.enforcer, terms),
+        expires_at=int(time.time()) + config.guard.valid_days * 86_400,
+        nonce=await current_nonce(chain, devnet.delegation_config(), account.address),
+    )
+    signed = [sign_delegation(d, site.domain, owner_key) for d in built.as_list()]
+    path = site.temp_dir / f"{name}-delegations.json"
+    path.write_text(dump_delegation_file(signed), encoding="utf-8")
+    return DemoPortfolio(name=name, account=account.address, targets=targets), path
+
+
+async def _register(
+    reporter: Reporter,
+    devnet: Devnet,
+    portfolios: Sequence[DemoPortfolio],
+    delegation_files: Sequence[Path],
+    config_path: Path,
+) -> None:
+    """Register the tokens and the portfolios through the driftd CLI, as an operator does."""
     tokens: list[list[str]] = []
     for token in devnet.tokens:
         argv = ["token", "add", token.symbol, token.address, "--decimals", str(token.decimals)]
@@ -362,26 +448,3 @@ async def setup(
             shown = " ".join(a if len(a) < 24 else f"{a[:10]}…" for a in argv)
             said = output.splitlines()[-1][:48] if output else ""
             reporter.progress(f"  $ driftd {shown}" + (f"  →  {said}" if said else ""))
-
-    db = await stack.enter_async_context(open_database(config.database))
-    reporter.progress("funding the market's trader account")
-    await trader.prepare(
-        {
-            # As deep as the pools: enough for any move the walk's bounds allow.
-            "USDC": devnet.token("USDC").units(9_000_000),
-            "WETH": devnet.token("WETH").units(3_000),
-            "WBTC": devnet.token("WBTC").units(150),
-        }
-    )
-    return DemoEnvironment(
-        temp_dir=temp_dir,
-        log_path=log_path,
-        postgres=postgres,
-        devnet=devnet,
-        chain=chain,
-        db=db,
-        config=config,
-        config_path=config_path,
-        portfolios=tuple(portfolios),
-        trader=trader,
-    )

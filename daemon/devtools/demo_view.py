@@ -225,6 +225,10 @@ def _price_line(board: Board) -> Text:
 
 def render_board(board: Board, width: int = 200) -> Group:
     """The live view: header, portfolios, recent rebalances (full hashes when ``width`` allows)."""
+    return Group(_board_header(board), _portfolio_table(board), _recent_table(board, width))
+
+
+def _board_header(board: Board) -> Text:
     header = Text()
     header.append("driftd demo", style="bold cyan")
     header.append(f"   {board.elapsed:5.0f} s / {board.duration:.0f} s   ")
@@ -236,7 +240,10 @@ def render_board(board: Board, width: int = 200) -> Group:
     )
     if board.last_move:
         header.append(f"\nlast move: {board.last_move}", style="dim")
+    return header
 
+
+def _portfolio_table(board: Board) -> Table:
     symbols = list(board.rows[0].targets) if board.rows else []
     portfolios = Table(box=box.SIMPLE_HEAD, expand=False, title="Portfolios", title_justify="left")
     portfolios.add_column("Portfolio", style="bold")
@@ -271,7 +278,10 @@ def render_board(board: Board, width: int = 200) -> Group:
                 )
             )
         portfolios.add_row(*cells)
+    return portfolios
 
+
+def _recent_table(board: Board, width: int) -> Table:
     recent = Table(box=box.SIMPLE_HEAD, title="Recent rebalances", title_justify="left")
     for column in ("Time", "Portfolio", "Status", "Drift → after", "Tx hash", "Block", "Gas"):
         recent.add_column(column, justify="right" if column in ("Block", "Gas") else "left")
@@ -293,7 +303,7 @@ def render_board(board: Board, width: int = 200) -> Group:
         )
     if not board.recent:
         recent.caption = "waiting for the first drift over the threshold…"
-    return Group(header, portfolios, recent)
+    return recent
 
 
 def render_summary(summary: Summary) -> Group:

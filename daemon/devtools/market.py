@@ -36,9 +36,10 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
-from daemon.chain import ChainClient, TxRequest, TxSigner
+from daemon.chain import ChainClient
 from daemon.config import Secret
 from daemon.devtools.devnet import Devnet, DevnetToken, fund, set_eth_balance, set_feed_price
+from daemon.signer import TxRequest, TxSigner
 from daemon.uniswap import (
     UniswapV2,
     deadline_from,
