@@ -30,29 +30,35 @@ import io
 import statistics
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Final
 
+import attrs
 import trio
 import trio.testing
 from eth_account import Account
 
 from daemon.balances import BalanceBatcher
 from daemon.chain import ChainClient, RetryPolicy
+from daemon.config import Config
 from daemon.devtools.devnet import open_devnet
 from daemon.drift import EngineParams, Holding, evaluate
 from daemon.latest import Latest
+from daemon.live_config import ConfigHolder
 from daemon.logs import configure_logging
 from daemon.messages import PricePoint, PriceSnapshot, RebalanceRequest, Token
 from daemon.portfolio import (
     PortfolioDeps,
     PortfolioSpec,
     PortfolioState,
-    RuntimeParams,
     run_portfolio_actor,
 )
 from daemon.supervise import RestartPolicy, Supervisor
+
+SCHEMA: Final = Config()
+"""The configuration schema's defaults (actor settings are derived from a configuration)."""
 
 ReadFn = Callable[[str, list[str]], Awaitable[Mapping[str, int]]]
 
@@ -126,27 +132,17 @@ async def actor_ticks(
     snapshots: Latest[PriceSnapshot] = Latest()
     executor, _executor_inbox = trio.open_memory_channel[RebalanceRequest](0)
 
-    async def read_with_block(
-        account: str, tokens: list[str]
-    ) -> tuple[Mapping[str, int], int | None]:
-        return await read(account, tokens), None
-
-    deps = PortfolioDeps(
-        snapshots=snapshots,
-        read_balances=read_with_block,
-        executor=executor,
-        params=lambda: RuntimeParams(
-            engine=EngineParams(),
-            cooldown_minutes=Decimal(15),
-            max_price_age=3600,
-            high_drift_alert=Decimal(1),
-        ),
-        now=lambda: datetime.now(UTC),
+    parts = DaemonParts(read)
+    config = attrs.evolve(
+        SCHEMA,
+        prices=attrs.evolve(SCHEMA.prices, max_age=3600.0),
+        alerts=attrs.evolve(SCHEMA.alerts, high_drift=Decimal(1)),
     )
+    deps = parts.deps(snapshots, executor, config)
     states = [PortfolioState(last_success_at=datetime.now(UTC)) for _ in specs]  # in cooldown
     samples = []
     async with trio.open_nursery() as nursery:
-        supervisor: Supervisor[PortfolioState] = Supervisor(RestartPolicy())
+        supervisor: Supervisor[PortfolioState] = Supervisor(RestartPolicy.from_config(SCHEMA))
         await nursery.start(supervisor.run)
         for spec, state in zip(specs, states, strict=True):
             supervisor.start(spec.name, _actor(spec, deps), state)
@@ -163,6 +159,52 @@ async def actor_ticks(
             raise RuntimeError(f"actors crashed: {crashed[:3]}…")
         nursery.cancel_scope.cancel()
     return samples[1:]
+
+
+@attrs.define
+class DaemonParts:
+    """What a portfolio actor asks of the daemon besides prices, balances aside: nothing in
+    flight, a signer that can send, usable delegations, alerts dropped."""
+
+    read: ReadFn
+    in_flight: frozenset[int] = frozenset()
+    accepting: bool = True
+
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        return await self.read(account, list(tokens)), None
+
+    def signer_blocked(self) -> str | None:
+        return None
+
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        return None
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        return False
+
+    def mark_healthy(self, key: str) -> None:
+        pass
+
+    def deps(
+        self,
+        snapshots: Latest[PriceSnapshot],
+        requests: trio.MemorySendChannel[RebalanceRequest],
+        config: Config,
+    ) -> PortfolioDeps:
+        return PortfolioDeps(
+            snapshots=snapshots,
+            balances=self,
+            requests=requests,
+            executor=self,
+            delegations=self,
+            config=ConfigHolder(base=config),
+            now=lambda: datetime.now(UTC),
+            alerts=self,
+            admission=self,
+            supervisor=self,
+        )
 
 
 def _actor(spec: PortfolioSpec, deps: PortfolioDeps) -> Callable[[PortfolioState], Awaitable[None]]:
@@ -212,12 +254,12 @@ def bench_engine(token_count: int, drifted: bool, rounds: int = 2000) -> float:
     for i, s in enumerate(symbols):
         usd = usd_each * (Decimal("1.6") if drifted and i == 0 else 1)
         holdings.append(Holding(s, int(usd / prices[s] * 10**18), 18))
-    params = EngineParams()
-    kind = type(evaluate(holdings, targets, prices, {}, params)).__name__
+    params = EngineParams.from_config(SCHEMA)
+    kind = type(evaluate(holdings, targets, prices, {}, params=params)).__name__
     assert (kind == "Rebalance") == drifted, kind
     started = time.perf_counter()
     for _ in range(rounds):
-        evaluate(holdings, targets, prices, {}, params)
+        evaluate(holdings, targets, prices, {}, params=params)
     return (time.perf_counter() - started) / rounds * 1e6
 
 
@@ -230,18 +272,17 @@ async def bench_memory(tokens: Sequence[Token], count: int = 2000) -> tuple[floa
     snapshots: Latest[PriceSnapshot] = Latest()
     executor, _inbox = trio.open_memory_channel[RebalanceRequest](0)
 
-    async def no_read(account: str, tokens: list[str]) -> tuple[dict[str, int], int | None]:
+    async def no_read(account: str, tokens: list[str]) -> dict[str, int]:
         raise AssertionError("idle actors read nothing")
 
-    deps = PortfolioDeps(
-        snapshots=snapshots,
-        read_balances=no_read,
-        executor=executor,
-        params=lambda: RuntimeParams(EngineParams(), Decimal(15), 60.0, Decimal(1)),
-        now=lambda: datetime.now(UTC),
+    config = attrs.evolve(
+        SCHEMA,
+        prices=attrs.evolve(SCHEMA.prices, max_age=60.0),
+        alerts=attrs.evolve(SCHEMA.alerts, high_drift=Decimal(1)),
     )
+    deps = DaemonParts(no_read).deps(snapshots, executor, config)
     async with trio.open_nursery() as nursery:
-        supervisor: Supervisor[PortfolioState] = Supervisor(RestartPolicy())
+        supervisor: Supervisor[PortfolioState] = Supervisor(RestartPolicy.from_config(SCHEMA))
         await nursery.start(supervisor.run)
         await trio.testing.wait_all_tasks_blocked()
         gc.collect()

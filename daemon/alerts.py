@@ -23,7 +23,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 import attrs
 import httpx
@@ -31,6 +31,10 @@ import trio
 
 from daemon.backoff import Backoff
 from daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+    from daemon.live_config import ConfigSource
 
 ALERT_KINDS: Final = frozenset(
     {
@@ -53,12 +57,29 @@ WEBHOOK_TIMEOUT: Final = 5.0
 BACKOFF_INITIAL: Final = 1.0
 
 
+class Alerter(Protocol):
+    """Where actors raise alerts (implemented by :class:`AlertSink`)."""
+
+    def fire(self, kind: str, fields: Mapping[str, Any]) -> bool:
+        """Raise ``kind`` about ``fields``; False if suppressed as a repeat."""
+
+
+class AlertCounter(Protocol):
+    """Counts alerts raised (implemented by :class:`daemon.metrics.Metrics`)."""
+
+    def alert(self, kind: str) -> None: ...
+
+
 @attrs.frozen
 class AlertSettings:
     """The live-reloadable part (``[alerts]``)."""
 
-    webhook_url: str = ""
-    repeat_window: float = 3600.0
+    webhook_url: str
+    repeat_window: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> AlertSettings:
+        return cls(webhook_url=config.alerts.webhook_url, repeat_window=config.alerts.repeat_window)
 
 
 @attrs.frozen
@@ -94,14 +115,18 @@ class AlertSink:
 
     def __init__(
         self,
-        settings: Callable[[], AlertSettings],
+        config: ConfigSource,
         now: Callable[[], datetime],
         *,
+        counter: AlertCounter | None = None,
         clock: Callable[[], float] = trio.current_time,
         rng: random.Random | None = None,
         backoff_initial: float = BACKOFF_INITIAL,
     ) -> None:
-        self._settings = settings
+        """``config`` supplies ``[alerts]`` afresh on every use; ``counter`` counts each alert
+        fired (not the suppressed repeats)."""
+        self._config = config
+        self._counter = counter
         self._now = now
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter
@@ -141,7 +166,12 @@ class AlertSink:
                 self._send.send_nowait(alert)
             except trio.WouldBlock:
                 self._log.error("alert_queue_full", kind=kind, portfolio=portfolio)
+        if self._counter is not None:
+            self._counter.alert(kind)
         return True
+
+    def _settings(self) -> AlertSettings:
+        return AlertSettings.from_config(self._config.current)
 
     async def run(
         self,

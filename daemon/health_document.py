@@ -1,6 +1,7 @@
 """The health document: the daemon's state as one JSON object, judged ok / degraded / failing.
 
-Health document (``"schema": 1``; built by :func:`build_health_document`)::
+Health document (``"schema": 1``; built by :func:`build_health_document` from
+:class:`HealthInputs`)::
 
     {
       "schema": 1,
@@ -56,11 +57,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
+
 from daemon.config import mask_url
 from daemon.cooldown import cooldown_remaining
 
 if TYPE_CHECKING:
-    from daemon.executor import ExecutorStatus
+    from daemon.executor_status import ExecutorStatus
     from daemon.portfolio import PortfolioState
     from daemon.supervise import Supervised
 
@@ -127,76 +130,154 @@ def portfolio_health(
     }
 
 
-def build_health_document(
-    *,
-    now: datetime,
-    version: str,
-    started_at: datetime,
-    config_generation: int,
-    last_reload_error: str | None,
-    price_source: str,
-    last_tick_at: datetime | None,
-    max_price_age: float,
-    executor: ExecutorStatus,
-    database_ok: bool,
-    chain_ok: bool,
-    head_block: int | None,
-    head_block_at: datetime | None,
-    actors: Mapping[str, Supervised[PortfolioState]],
-    cooldown_minutes: Decimal,
-    invalid: Mapping[str, str] | None = None,
-    expiring: Mapping[str, float] | None = None,
-    price_problems: Sequence[str] = (),
-    database_error: str | None = None,
-    chain_error: str | None = None,
-    chain_id: int | None = None,
-    max_head_age: float | None = None,
-    trio_now: float | None = None,
-    pid: int | None = None,
-) -> dict[str, Any]:
-    """The health document (schema in the module docstring) from the daemon's plain state.
+@attrs.frozen(kw_only=True)
+class HealthInputs:
+    """Everything the health document looks at: the daemon's plain state, passed in, so every
+    rule is unit-tested without a daemon.
 
-    Pure: everything it looks at is passed in, so every rule is unit-tested without a daemon.
     ``actors`` is ``Supervisor.actors``; ``invalid`` the portfolios that cannot run, with the
     reason; ``expiring`` the portfolios whose delegations expire soon, with the seconds left;
     ``trio_now`` is ``trio.current_time()`` (the executor's loop clock); ``max_head_age``
     (``prices.max_head_age``) judges the chain head's age (None: not judged — an idle devnet
     mines no blocks): too old is failing with router prices (they are stale), else degraded."""
-    failing: list[str] = []
-    degraded: list[str] = []
-    uptime = (now - started_at).total_seconds()
 
-    if last_reload_error:
-        degraded.append(f"config: last reload failed: {mask_url(last_reload_error)}")
+    now: datetime
+    version: str
+    started_at: datetime
+    config_generation: int
+    last_reload_error: str | None
+    price_source: str
+    last_tick_at: datetime | None
+    max_price_age: float
+    executor: ExecutorStatus
+    database_ok: bool
+    chain_ok: bool
+    head_block: int | None
+    head_block_at: datetime | None
+    actors: Mapping[str, Supervised[PortfolioState]]
+    cooldown_minutes: Decimal
+    invalid: Mapping[str, str] | None = None
+    expiring: Mapping[str, float] | None = None
+    price_problems: Sequence[str] = ()
+    database_error: str | None = None
+    chain_error: str | None = None
+    chain_id: int | None = None
+    max_head_age: float | None = None
+    trio_now: float | None = None
+    pid: int | None = None
 
-    tick_age = _age(now, last_tick_at)
+
+@attrs.define
+class _Problems:
+    """Why the daemon is not ok: ``failing`` (no trade can happen) and ``degraded``."""
+
+    failing: list[str] = attrs.Factory(list)
+    degraded: list[str] = attrs.Factory(list)
+
+    @property
+    def status(self) -> str:
+        return "failing" if self.failing else "degraded" if self.degraded else "ok"
+
+
+def build_health_document(inputs: HealthInputs) -> dict[str, Any]:
+    """The health document (schema in the module docstring) from the daemon's plain state."""
+    problems = _Problems()
+    uptime = (inputs.now - inputs.started_at).total_seconds()
+    if inputs.last_reload_error:
+        problems.degraded.append(
+            f"config: last reload failed: {mask_url(inputs.last_reload_error)}"
+        )
+    price_feed = _price_feed(inputs, uptime, problems)
+    database = _database(inputs, problems)
+    chain = _chain(inputs, problems)
+    portfolios = _portfolios(inputs, problems)
+    executor = _executor(inputs, problems)
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": problems.status,
+        "problems": problems.failing + problems.degraded,
+        "version": inputs.version,
+        "pid": os.getpid() if inputs.pid is None else inputs.pid,
+        "started_at": _iso(inputs.started_at),
+        "now": _iso(inputs.now),
+        "uptime_seconds": round(uptime, 3),
+        "config": {
+            "generation": inputs.config_generation,
+            "last_reload_error": _masked(inputs.last_reload_error),
+        },
+        "price_feed": price_feed,
+        "executor": executor,
+        "database": database,
+        "chain": chain,
+        "portfolios": portfolios,
+    }
+
+
+def _price_feed(inputs: HealthInputs, uptime: float, problems: _Problems) -> dict[str, Any]:
+    max_price_age = inputs.max_price_age
+    tick_age = _age(inputs.now, inputs.last_tick_at)
     if tick_age is None:
-        (failing if uptime > max_price_age else degraded).append("price feed: no tick yet")
+        where = problems.failing if uptime > max_price_age else problems.degraded
+        where.append("price feed: no tick yet")
     elif tick_age > max_price_age:
-        failing.append(f"price feed: last tick {tick_age:.0f} s ago (max {max_price_age:.0f} s)")
+        problems.failing.append(
+            f"price feed: last tick {tick_age:.0f} s ago (max {max_price_age:.0f} s)"
+        )
+    price_problems = inputs.price_problems
     if price_problems:
-        degraded.append(f"price feed: {len(price_problems)} problem(s): {price_problems[0]}")
+        problems.degraded.append(
+            f"price feed: {len(price_problems)} problem(s): {price_problems[0]}"
+        )
+    return {
+        "source": inputs.price_source,
+        "last_tick_at": _iso(inputs.last_tick_at),
+        "last_tick_age_seconds": tick_age,
+        "max_age_seconds": max_price_age,
+        "problems": [mask_url(p) for p in price_problems],
+    }
 
-    if not database_ok:
-        failing.append(f"database: unreachable ({mask_url(database_error or 'no answer')})")
-    head_age = _age(now, head_block_at)
-    if not chain_ok:
-        failing.append(f"chain: unreachable ({mask_url(chain_error or 'no answer')})")
+
+def _database(inputs: HealthInputs, problems: _Problems) -> dict[str, Any]:
+    if not inputs.database_ok:
+        problems.failing.append(
+            f"database: unreachable ({mask_url(inputs.database_error or 'no answer')})"
+        )
+    return {"ok": inputs.database_ok, "error": _masked(inputs.database_error)}
+
+
+def _chain(inputs: HealthInputs, problems: _Problems) -> dict[str, Any]:
+    head_age = _age(inputs.now, inputs.head_block_at)
+    max_head_age = inputs.max_head_age
+    if not inputs.chain_ok:
+        problems.failing.append(
+            f"chain: unreachable ({mask_url(inputs.chain_error or 'no answer')})"
+        )
     elif max_head_age is not None and head_age is not None and head_age > max_head_age:
         # prices.max_head_age: router prices from this head are stale, so nothing trades on them.
         stale_head = f"chain: head block {head_age:.0f} s old (max {max_head_age:.0f} s)"
-        if price_source == "router":
-            failing.append(f"{stale_head}: router prices are stale")
+        if inputs.price_source == "router":
+            problems.failing.append(f"{stale_head}: router prices are stale")
         else:
-            degraded.append(stale_head)
+            problems.degraded.append(stale_head)
+    return {
+        "ok": inputs.chain_ok,
+        "chain_id": inputs.chain_id,
+        "head_block": inputs.head_block,
+        "head_block_at": _iso(inputs.head_block_at),
+        "head_block_age_seconds": head_age,
+        "error": _masked(inputs.chain_error),
+    }
 
+
+def _portfolios(inputs: HealthInputs, problems: _Problems) -> dict[str, dict[str, Any]]:
+    degraded = problems.degraded
     portfolios: dict[str, dict[str, Any]] = {}
-    for name, supervised in sorted(actors.items()):
-        entry = portfolio_health(supervised, now, cooldown_minutes)
+    for name, supervised in sorted(inputs.actors.items()):
+        entry = portfolio_health(supervised, inputs.now, inputs.cooldown_minutes)
         portfolios[name] = entry
         if entry["state"] in ("parked", "restarting"):
             degraded.append(f"portfolio {name}: {entry['state']} ({entry['last_error']})")
-    for name, left in sorted((expiring or {}).items()):
+    for name, left in sorted((inputs.expiring or {}).items()):
         if name in portfolios:
             portfolios[name]["delegations_expire_in_seconds"] = round(left)
         degraded.append(
@@ -204,60 +285,33 @@ def build_health_document(
             if left <= 0
             else f"portfolio {name}: delegations expire in {_span(left)}"
         )
-    for name, reason in sorted((invalid or {}).items()):
+    for name, reason in sorted((inputs.invalid or {}).items()):
         portfolios[name] = {
             "state": "invalid",
             "actor_status": "not_started",
             "error": mask_url(reason),
         }
         degraded.append(f"portfolio {name}: invalid ({mask_url(reason)})")
+    return portfolios
 
+
+def _executor(inputs: HealthInputs, problems: _Problems) -> dict[str, Any]:
+    executor = inputs.executor
     loop_age = (
         None
-        if trio_now is None or executor.last_loop_at is None
-        else round(trio_now - executor.last_loop_at, 3)
+        if inputs.trio_now is None or executor.last_loop_at is None
+        else round(inputs.trio_now - executor.last_loop_at, 3)
     )
     if executor.degraded is not None:
-        degraded.append(f"executor: {mask_url(executor.degraded)}")
+        problems.degraded.append(f"executor: {mask_url(executor.degraded)}")
     return {
-        "schema": SCHEMA_VERSION,
-        "status": "failing" if failing else "degraded" if degraded else "ok",
-        "problems": failing + degraded,
-        "version": version,
-        "pid": os.getpid() if pid is None else pid,
-        "started_at": _iso(started_at),
-        "now": _iso(now),
-        "uptime_seconds": round(uptime, 3),
-        "config": {
-            "generation": config_generation,
-            "last_reload_error": _masked(last_reload_error),
-        },
-        "price_feed": {
-            "source": price_source,
-            "last_tick_at": _iso(last_tick_at),
-            "last_tick_age_seconds": tick_age,
-            "max_age_seconds": max_price_age,
-            "problems": [mask_url(p) for p in price_problems],
-        },
-        "executor": {
-            "signer": executor.signer,
-            "next_nonce": executor.next_nonce,
-            "pending": executor.pending,
-            "handled": executor.handled,
-            "last_loop_age_seconds": loop_age,
-            "unsettled": executor.unsettled,
-            "recovering": executor.recovering,
-            "blocked": _masked(executor.blocked),
-            "stuck_seconds": None if executor.stuck_for is None else round(executor.stuck_for, 1),
-        },
-        "database": {"ok": database_ok, "error": _masked(database_error)},
-        "chain": {
-            "ok": chain_ok,
-            "chain_id": chain_id,
-            "head_block": head_block,
-            "head_block_at": _iso(head_block_at),
-            "head_block_age_seconds": head_age,
-            "error": _masked(chain_error),
-        },
-        "portfolios": portfolios,
+        "signer": executor.signer,
+        "next_nonce": executor.next_nonce,
+        "pending": executor.pending,
+        "handled": executor.handled,
+        "last_loop_age_seconds": loop_age,
+        "unsettled": executor.unsettled,
+        "recovering": executor.recovering,
+        "blocked": _masked(executor.blocked),
+        "stuck_seconds": None if executor.stuck_for is None else round(executor.stuck_for, 1),
     }

@@ -17,10 +17,11 @@ executor and the database are what refuse a second trade (DESIGN.md §4.9).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -29,10 +30,24 @@ from structlog.typing import FilteringBoundLogger
 from daemon.backoff import Backoff
 from daemon.chain import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
-from daemon.drift import Decision, EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
+from daemon.drift import (
+    Decision,
+    EngineParams,
+    Holding,
+    InvalidPortfolio,
+    NoRebalance,
+    Rebalance,
+    evaluate,
+)
+from daemon.faults import Faults
 from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import NoPrices, PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+
+if TYPE_CHECKING:
+    from daemon.alerts import Alerter
+    from daemon.config import Config
+    from daemon.live_config import ConfigSource
 
 VALUATION_EVERY: Final = 300.0
 """Seconds between stored valuation snapshots of one portfolio."""
@@ -70,7 +85,8 @@ class PortfolioState:
     evaluations: int = 0
     last_valuation_at: float | None = None
     trigger: trio.Event = attrs.Factory(trio.Event)
-    """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``)."""
+    """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``, through
+    :meth:`daemon.portfolio_supervisor.PortfolioSupervisor.evaluate_now`)."""
     evaluated: trio.Event = attrs.Factory(trio.Event)
     """Set (and replaced) after each evaluation, including any rebalance it started."""
 
@@ -81,39 +97,100 @@ class RuntimeParams:
 
     engine: EngineParams
     cooldown_minutes: Decimal
-    max_price_age: float
-    high_drift_alert: Decimal
+    max_age: float
+    """``prices.max_age``: older prices are not traded on."""
+    high_drift: Decimal
+    """``alerts.high_drift``: a larger drift raises HIGH_DRIFT."""
+
+    @classmethod
+    def from_config(cls, config: Config) -> RuntimeParams:
+        return cls(
+            engine=EngineParams.from_config(config),
+            cooldown_minutes=config.rebalance.cooldown_minutes,
+            max_age=config.prices.max_age,
+            high_drift=config.alerts.high_drift,
+        )
 
 
-@attrs.define
+class BalanceReader(Protocol):
+    """Reads an account's balances (implemented by :class:`daemon.balances.BalanceBatcher`)."""
+
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        """(balance by token address in base units, the block they were read at or after)."""
+
+
+class ExecutorState(Protocol):
+    """What an actor asks the executor before it sends a request
+    (:class:`daemon.executor.Executor`)."""
+
+    @property
+    def in_flight(self) -> AbstractSet[int]:
+        """Portfolio ids with an attempt being carried out (or recovered)."""
+
+    def signer_blocked(self) -> str | None:
+        """Why the signer cannot send now (no gas money…), or None."""
+
+
+class DelegationCheck(Protocol):
+    """Whether a portfolio's delegations can be redeemed now
+    (:class:`daemon.modes.ExecutionModeBook`)."""
+
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        """Why not (expired), or None."""
+
+
+class ValuationRecorder(Protocol):
+    """Stores valuation snapshots (:class:`daemon.history.Valuations`)."""
+
+    async def record(
+        self, spec: PortfolioSpec, decision: Decision, holdings: list[Holding]
+    ) -> None:
+        """Store one snapshot; never raises for a database problem."""
+
+
+class Admission(Protocol):
+    """Whether new rebalances are taken (False while the daemon stops)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+
+class HealthReport(Protocol):
+    """Hears about completed evaluations (:class:`daemon.supervise.Supervisor`)."""
+
+    def mark_healthy(self, key: str) -> None:
+        """The actor ``key`` completed a cycle: its next crash backs off from scratch."""
+
+
+def no_field_reprs(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    """An attrs ``field_transformer``: no field in the ``repr`` (nor in a pretty-printer that
+    reads the fields, such as a traceback rendering frame locals). For records of services: a
+    crash report must not render every service behind them (slow, and large)."""
+    return [field.evolve(repr=False) for field in fields]
+
+
+@attrs.frozen(field_transformer=no_field_reprs)
 class PortfolioDeps:
-    """What a portfolio actor needs from the rest of the process."""
+    """What a portfolio actor needs from the rest of the process (no field in its ``repr``)."""
 
     snapshots: Latest[PriceSnapshot]
-    read_balances: Callable[[str, list[str]], Awaitable[tuple[Mapping[str, int], int | None]]]
-    """(account, token addresses) → (balance by token address in base units, the block they
-    were read at or after)."""
-    executor: trio.MemorySendChannel[RebalanceRequest]
-    params: Callable[[], RuntimeParams]
+    balances: BalanceReader
+    requests: trio.MemorySendChannel[RebalanceRequest]
+    """The executor's inbox."""
+    executor: ExecutorState
+    delegations: DelegationCheck
+    config: ConfigSource
+    """Read afresh at every evaluation (:meth:`RuntimeParams.from_config`)."""
     now: Callable[[], datetime]
-    alert: Callable[[str, Mapping[str, object]], None] = lambda kind, fields: None
-    accepting: Callable[[], bool] = lambda: True
-    """False while the daemon is stopping: no new rebalance is started."""
-    record_valuation: Callable[[PortfolioSpec, Decision, list[Holding]], Awaitable[None]] | None = (
-        None
-    )
+    alerts: Alerter
+    admission: Admission
+    supervisor: HealthReport
+    valuations: ValuationRecorder | None = None
     """Stores a valuation snapshot (at most every :data:`VALUATION_EVERY` seconds)."""
-    fault: Callable[[str, str], None] = lambda point, portfolio: None
+    faults: Faults = attrs.Factory(Faults)
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
-    signer_blocked: Callable[[], str | None] = lambda: None
-    """Why the executor's signer cannot send now (no gas money…): no request is made meanwhile."""
-    delegation_problem: Callable[[int], str | None] = lambda portfolio_id: None
-    """Why the portfolio's delegations cannot be redeemed now (expired), or None."""
-    in_flight: Callable[[int], bool] = lambda portfolio_id: False
-    """Whether the executor is carrying out (or recovering) an attempt of this portfolio."""
-    healthy: Callable[[str], None] = lambda portfolio: None
-    """Called with the portfolio's name after each completed evaluation (resets the
-    supervisor's restart backoff)."""
 
 
 async def run_portfolio_actor(
@@ -140,7 +217,23 @@ async def run_portfolio_actor(
         finally:
             done, state.evaluated = state.evaluated, trio.Event()
             done.set()
-        deps.healthy(spec.name)
+        deps.supervisor.mark_healthy(spec.name)
+
+
+@attrs.frozen
+class _Priced:
+    """What an evaluation trades on: the snapshot and its usable prices."""
+
+    snapshot: PriceSnapshot
+    prices: Mapping[str, Decimal]
+
+
+@attrs.frozen
+class _Skip:
+    """An evaluation that ends without a request, and why."""
+
+    reason: str
+    fields: Mapping[str, object] = attrs.Factory(dict)
 
 
 async def evaluate_portfolio(
@@ -148,24 +241,18 @@ async def evaluate_portfolio(
 ) -> str:
     """One evaluation; returns what happened in a few words (for logs, tests and control)."""
     log = get_logger(actor="portfolio", portfolio=spec.name)
-    deps.fault("evaluate", spec.name)
+    deps.faults.check("evaluate", spec.name)
     now = deps.now()
-    params = deps.params()
+    params = RuntimeParams.from_config(deps.config.current)
     state.evaluations += 1
     state.last_evaluated_at = now
     if state.paused:
         return _skip(state, log, "paused")
-    snapshot = deps.snapshots.value
-    if snapshot is None:
-        return _skip(state, log, "No trade: no price snapshot yet")
-    symbols = [token.symbol for token in spec.tokens]
-    prices = snapshot.usable_prices(symbols, now, params.max_price_age)
-    if isinstance(prices, NoPrices):
-        if prices.stale:
-            deps.alert("PRICE_STALE", {"portfolio": spec.name, "reason": prices.reason})
-        return _skip(state, log, prices.reason)
+    priced = _usable_prices(spec, deps, now, params)
+    if isinstance(priced, _Skip):
+        return _skip(state, log, priced.reason)
     try:
-        by_address, balances_block = await deps.read_balances(
+        by_address, balances_block = await deps.balances.read_with_block(
             spec.account, [t.address for t in spec.tokens]
         )
     except ChainError as exc:
@@ -174,65 +261,103 @@ async def evaluate_portfolio(
         return _skip(state, log, f"No trade: balances unavailable: {exc}")
     holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
     try:
-        decision = evaluate(holdings, spec.targets, prices, snapshot.health, params.engine)
+        decision = evaluate(
+            holdings, spec.targets, priced.prices, priced.snapshot.health, params=params.engine
+        )
     except InvalidPortfolio as exc:
         return _skip(state, log, f"No trade: invalid portfolio: {exc}")
     state.last_max_drift = decision.max_drift
     await _maybe_record_valuation(spec, state, deps, decision, holdings)
-    if decision.max_drift is not None and decision.max_drift > params.high_drift_alert:
-        deps.alert(
+    if decision.max_drift is not None and decision.max_drift > params.high_drift:
+        deps.alerts.fire(
             "HIGH_DRIFT",
             {"portfolio": spec.name, "drift": str(decision.max_drift)},
         )
     if isinstance(decision, NoRebalance):
         return _skip(state, log, decision.reason, max_drift=decision.max_drift)
+    held_back = _held_back(spec, state, deps, decision, now, params)
+    if held_back is not None:
+        return _skip(state, log, held_back.reason, **held_back.fields)
+    return await _request(spec, state, deps, decision, priced, balances_block, log)
+
+
+def _usable_prices(
+    spec: PortfolioSpec, deps: PortfolioDeps, now: datetime, params: RuntimeParams
+) -> _Priced | _Skip:
+    """The snapshot's prices of the portfolio's tokens, or why they cannot be traded on (a
+    stale one raises PRICE_STALE)."""
+    snapshot = deps.snapshots.value
+    if snapshot is None:
+        return _Skip("No trade: no price snapshot yet")
+    symbols = [token.symbol for token in spec.tokens]
+    prices = snapshot.usable_prices(symbols, now, params.max_age)
+    if isinstance(prices, NoPrices):
+        if prices.stale:
+            deps.alerts.fire("PRICE_STALE", {"portfolio": spec.name, "reason": prices.reason})
+        return _Skip(prices.reason)
+    return _Priced(snapshot, prices)
+
+
+def _held_back(
+    spec: PortfolioSpec,
+    state: PortfolioState,
+    deps: PortfolioDeps,
+    decision: Rebalance,
+    now: datetime,
+    params: RuntimeParams,
+) -> _Skip | None:
+    """Why a plan the engine made must not be sent now, or None: the cooldown, the failure
+    backoff, a stopping daemon, an attempt in flight, unusable delegations, a blocked signer."""
+    drift: dict[str, object] = {"max_drift": decision.max_drift}
     remaining = cooldown_remaining(state.last_success_at, now, params.cooldown_minutes)
     if remaining.total_seconds() > 0:
-        return _skip(
-            state,
-            log,
+        return _Skip(
             cooldown_message(remaining),
-            max_drift=decision.max_drift,
-            cooldown_seconds=int(remaining.total_seconds()),
+            {**drift, "cooldown_seconds": int(remaining.total_seconds())},
         )
     if state.retry_at is not None and now < state.retry_at:
         wait = int((state.retry_at - now).total_seconds()) + 1
-        return _skip(
-            state,
-            log,
+        return _Skip(
             f"No trade: backing off after {state.failures} failed attempt(s), {wait} s left",
-            max_drift=decision.max_drift,
+            drift,
         )
-    if not deps.accepting():
-        return _skip(state, log, "No trade: the daemon is stopping", max_drift=decision.max_drift)
-    if deps.in_flight(spec.id):
+    if not deps.admission.accepting:
+        return _Skip("No trade: the daemon is stopping", drift)
+    if spec.id in deps.executor.in_flight:
         # An attempt of this portfolio (made before this actor restarted, or being recovered)
         # is still settling; the executor would refuse, this saves it the row.
-        return _skip(
-            state,
-            log,
-            "No trade: a rebalance of this portfolio is in flight",
-            max_drift=decision.max_drift,
-        )
-    unusable = deps.delegation_problem(spec.id)
+        return _Skip("No trade: a rebalance of this portfolio is in flight", drift)
+    unusable = deps.delegations.delegation_problem(spec.id)
     if unusable is not None:
-        return _skip(state, log, unusable, max_drift=decision.max_drift)
-    blocked = deps.signer_blocked()
+        return _Skip(unusable, drift)
+    blocked = deps.executor.signer_blocked()
     if blocked is not None:
-        return _skip(
-            state, log, f"No trade: the signer cannot send: {blocked}", max_drift=decision.max_drift
-        )
+        return _Skip(f"No trade: the signer cannot send: {blocked}", drift)
+    return None
+
+
+async def _request(
+    spec: PortfolioSpec,
+    state: PortfolioState,
+    deps: PortfolioDeps,
+    decision: Rebalance,
+    priced: _Priced,
+    balances_block: int | None,
+    log: FilteringBoundLogger,
+) -> str:
+    """Send the plan to the executor and wait for its outcome."""
     reply_send, reply_receive = trio.open_memory_channel[RebalanceOutcome](1)
+    symbols = [token.symbol for token in spec.tokens]
     request = RebalanceRequest(
         portfolio_id=spec.id,
         portfolio_name=spec.name,
         account=spec.account,
         plan=decision,
-        prices=prices,
+        prices=priced.prices,
         reply=reply_send,
         requested_at=trio.current_time(),
         balances_block=balances_block,
-        prices_observed_at=min(snapshot.prices[symbol].observed_at for symbol in symbols),
+        prices_observed_at=min(priced.snapshot.prices[symbol].observed_at for symbol in symbols),
     )
     log.info(
         "rebalance_requested",
@@ -242,7 +367,7 @@ async def evaluate_portfolio(
     state.in_flight = True
     try:
         async with reply_receive:
-            await deps.executor.send(request)
+            await deps.requests.send(request)
             outcome = await reply_receive.receive()
     finally:
         state.in_flight = False
@@ -295,12 +420,12 @@ async def _maybe_record_valuation(
     # Valuations are history for reports, not control: one every few minutes is plenty, and a
     # failure to store one must not stop the portfolio from being rebalanced.
     now = trio.current_time()
-    if deps.record_valuation is None or (
+    if deps.valuations is None or (
         state.last_valuation_at is not None and now - state.last_valuation_at < VALUATION_EVERY
     ):
         return
     state.last_valuation_at = now
-    await deps.record_valuation(spec, decision, holdings)
+    await deps.valuations.record(spec, decision, holdings)
 
 
 def _skip(state: PortfolioState, log: FilteringBoundLogger, reason: str, **fields: object) -> str:

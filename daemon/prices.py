@@ -29,10 +29,10 @@ raises ``PRICE_STALE`` (repeats are suppressed by the alert sink) and logs
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import attrs
 import trio
@@ -43,6 +43,11 @@ from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token
 from daemon.uniswap import InsufficientLiquidity, NoRoute, UniswapV2, spot_price
+
+if TYPE_CHECKING:
+    from daemon.alerts import Alerter
+    from daemon.config import Config
+    from daemon.live_config import ConfigSource
 
 DIVERGED = "DIVERGED"
 UNVERIFIED = "UNVERIFIED"
@@ -73,17 +78,50 @@ class OracleSource:
         return prices, missing + problems
 
 
-@attrs.define
+@attrs.frozen
 class FeedSettings:
-    """The live-reloadable part of the feed's configuration."""
+    """The live-reloadable part of the feed's configuration (``[prices]``)."""
 
-    poll_interval: float = 30.0
-    max_divergence: Decimal = Decimal("0.05")
-    max_age: float = 300.0
-    max_head_age: float = 0.0
+    poll_interval: float
+    max_divergence: Decimal
+    max_age: float
+    max_head_age: float
     """Router prices read at a block older than this are stale; 0: not judged."""
-    max_price_usd: Decimal = Decimal(1_000_000_000)
-    max_move_factor: Decimal = Decimal(10)
+    max_price_usd: Decimal
+    max_move_factor: Decimal
+
+    @classmethod
+    def from_config(cls, config: Config) -> FeedSettings:
+        prices = config.prices
+        return cls(
+            poll_interval=prices.poll_interval,
+            max_divergence=prices.max_divergence,
+            max_age=prices.max_age,
+            max_head_age=prices.max_head_age,
+            max_price_usd=prices.max_price_usd,
+            max_move_factor=prices.max_move_factor,
+        )
+
+
+class TokenLoader(Protocol):
+    """The tokens to price (implemented by :class:`daemon.tokens.TokenBook`)."""
+
+    async def load(self) -> list[Token]:
+        """The registered tokens (the last ones known while they cannot be read)."""
+
+
+class PriceRecorder(Protocol):
+    """Stores each tick's prices (implemented by :class:`daemon.history.PriceStore`)."""
+
+    async def store(self, points: list[PricePoint]) -> None:
+        """Store them; never raises for a database problem."""
+
+
+class TickListener(Protocol):
+    """Hears about every attempted tick (implemented by :class:`daemon.feed_status.FeedStatus`)."""
+
+    def ticked(self, snapshot: PriceSnapshot | None) -> None:
+        """The published snapshot, or None when the tick failed."""
 
 
 def price_refusal(usd: Decimal, previous: Decimal | None, settings: FeedSettings) -> str | None:
@@ -203,44 +241,45 @@ async def run_price_feed(
     *,
     primary: PriceSource,
     secondary: PriceSource | None,
-    load_tokens: Callable[[], Awaitable[list[Token]]],
-    store: Callable[[list[PricePoint]], Awaitable[None]],
+    tokens: TokenLoader,
+    history: PriceRecorder,
     snapshots: Latest[PriceSnapshot],
-    settings: Callable[[], FeedSettings],
+    config: ConfigSource,
     now: Callable[[], datetime],
-    on_tick: Callable[[PriceSnapshot | None], None] = lambda snapshot: None,
-    alert: Callable[[str, Mapping[str, Any]], None] = lambda kind, fields: None,
+    ticks: TickListener,
+    alerts: Alerter,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Poll forever. ``started()`` after the first tick was attempted (success or not).
 
-    ``on_tick`` hears about every attempt: the published snapshot, or None when it failed
-    (liveness and metrics). ``alert`` raises ``PRICE_STALE`` (see :class:`StaleWatch`)."""
+    ``config`` gives the settings afresh at every tick (:meth:`FeedSettings.from_config`).
+    ``ticks`` hears about every attempt: the published snapshot, or None when it failed
+    (liveness and metrics). ``alerts`` gets ``PRICE_STALE`` (see :class:`StaleWatch`)."""
     log = get_logger(actor="price_feed", source=primary.name)
     started = False
     accepted: dict[str, Decimal] = {}
     watch = StaleWatch(since=now())
     while True:
-        current = settings()
+        current = FeedSettings.from_config(config.current)
         wait = current.poll_interval
         error: str | None = None
-        tokens = await load_tokens()
+        priced = await tokens.load()
         try:
-            snapshot = await poll_once(primary, secondary, tokens, current, now, accepted)
+            snapshot = await poll_once(primary, secondary, priced, current, now, accepted)
         except RateLimited as exc:
             log.warning("price_source_rate_limited", retry_after=exc.retry_after)
             wait = max(wait, exc.retry_after)
             error = str(exc)
-            on_tick(None)
+            ticks.ticked(None)
         except PriceSourceError as exc:
             log.warning("price_tick_failed", error=str(exc))
             error = str(exc)
-            on_tick(None)
+            ticks.ticked(None)
         else:
-            await store(list(snapshot.prices.values()))
+            await history.store(list(snapshot.prices.values()))
             snapshots.publish(snapshot)
             accepted.update({symbol: point.usd for symbol, point in snapshot.prices.items()})
-            on_tick(snapshot)
+            ticks.ticked(snapshot)
             log.info(
                 "price_tick",
                 tokens=len(snapshot.prices),
@@ -248,10 +287,10 @@ async def run_price_feed(
                 unhealthy=dict(snapshot.health),
             )
         stale = watch.observe(
-            snapshots.value, [t.symbol for t in tokens], now(), current.max_age, error
+            snapshots.value, [t.symbol for t in priced], now(), current.max_age, error
         )
         if stale:
-            alert("PRICE_STALE", {"source": primary.name, **stale})
+            alerts.fire("PRICE_STALE", {"source": primary.name, **stale})
         elif watch.recovered:
             log.info("price_feed_fresh_again", after_seconds=round(watch.recovered, 1))
         if not started:

@@ -7,9 +7,9 @@ key, kept here, and handed to every incarnation of the actor.
 
 Restart policy: exponential backoff with jitter (``initial × 2^(n−1)``, capped, multiplied by a
 random factor in [0.5, 1]) so that many actors failing together (a flaky RPC node) do not retry
-in lock-step. More than ``max_restarts`` crashes within ``window`` seconds parks the actor: it is
-no longer restarted, is reported as parked, and ``on_parked`` is called (alerting). An operator's
-``resume`` unparks it.
+in lock-step. More than ``max_restarts`` crashes within ``restart_window`` seconds parks the
+actor: it is no longer restarted, is reported as parked, and :meth:`Supervisor.on_parked` is
+called (a subclass alerts). An operator's ``resume`` unparks it.
 
 Cancellation is never treated as a crash: ``trio.Cancelled`` is a BaseException and passes
 through; only ``Exception`` counts.
@@ -20,13 +20,16 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 import attrs
 import trio
 
 from daemon.backoff import Backoff
 from daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 S = TypeVar("S")
 ActorFn = Callable[[S], Awaitable[None]]
@@ -40,10 +43,20 @@ SupervisedStatus = Literal["starting", "running", "backoff", "parked", "stopped"
 class RestartPolicy:
     """How crashed actors are restarted (``[supervisor]`` in the configuration)."""
 
-    backoff_initial: float = 1.0
-    backoff_max: float = 300.0
-    max_restarts: int = 5
-    window: float = 600.0
+    backoff_initial: float
+    backoff_max: float
+    max_restarts: int
+    restart_window: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> RestartPolicy:
+        supervisor = config.supervisor
+        return cls(
+            backoff_initial=supervisor.backoff_initial,
+            backoff_max=supervisor.backoff_max,
+            max_restarts=supervisor.max_restarts,
+            restart_window=supervisor.restart_window,
+        )
 
     def delay(self, consecutive: int, rng: random.Random) -> float:
         """Seconds to wait before restart number ``consecutive`` (1-based)."""
@@ -79,12 +92,10 @@ class Supervisor(Generic[S]):
         policy: RestartPolicy,
         *,
         rng: random.Random | None = None,
-        on_parked: Callable[[str, str], None] | None = None,
         name: str = "supervisor",
     ) -> None:
         self.policy = policy
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._on_parked = on_parked
         self._nursery: trio.Nursery | None = None
         self._actors: dict[str, Supervised[S]] = {}
         self._log = get_logger(actor=name)
@@ -173,18 +184,17 @@ class Supervisor(Generic[S]):
                 return
             now = trio.current_time()
             entry.crash_times.append(now)
-            while entry.crash_times and entry.crash_times[0] < now - self.policy.window:
+            while entry.crash_times and entry.crash_times[0] < now - self.policy.restart_window:
                 entry.crash_times.popleft()
             if len(entry.crash_times) > self.policy.max_restarts:
                 entry.status = "parked"
                 log.error(
                     "actor_parked",
                     crashes=len(entry.crash_times),
-                    window_seconds=self.policy.window,
+                    window_seconds=self.policy.restart_window,
                     error=entry.last_error,
                 )
-                if self._on_parked is not None:
-                    self._on_parked(entry.key, entry.last_error or "")
+                self.on_parked(entry.key, entry.last_error or "")
                 return
             entry.consecutive_failures += 1
             delay = self.policy.delay(entry.consecutive_failures, self._rng)
@@ -196,6 +206,9 @@ class Supervisor(Generic[S]):
             if _stopped(entry):  # stop() may have run while we waited
                 return
             entry.restart_count += 1
+
+    def on_parked(self, key: str, error: str) -> None:
+        """Called when the actor for ``key`` is parked (a subclass alerts); nothing here."""
 
     def mark_healthy(self, key: str) -> None:
         """An actor calls this after a successful cycle so the next crash backs off from scratch."""

@@ -50,7 +50,7 @@ from daemon.devtools.devnet import (
     fund,
     set_eth_balance,
 )
-from daemon.drift import Holding, evaluate
+from daemon.drift import EngineParams, Holding, evaluate
 from daemon.guard import GuardToken, guard_caveat
 from daemon.txbuild import Call, SwapLeg, WalletMode
 from daemon.uniswap import UniswapV2, deadline_from
@@ -347,6 +347,7 @@ async def portfolio_drift(
             )
         )
     holdings = [Holding(t.symbol, balances[t.address], t.decimals) for t in tokens]
-    decision = evaluate(holdings, {s: Decimal(w) for s, w in targets.items()}, prices)
+    weights = {s: Decimal(w) for s, w in targets.items()}
+    decision = evaluate(holdings, weights, prices, params=EngineParams.from_config(Config()))
     assert decision.max_drift is not None
     return decision.max_drift

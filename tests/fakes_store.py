@@ -3,15 +3,20 @@
 
 * one PENDING attempt per portfolio, and none from balances older than a mined swap of the
   portfolio (:class:`~daemon.db.RebalanceRefused`, nothing written);
-* a plan is stored only on a PENDING row; an attempt is finished exactly once.
+* a plan is stored only on a PENDING row; an attempt is finished exactly once;
+* the signer lease: one holder at a time, a new fencing token at each acquisition (a second
+  holder waits while the first holds it).
 
 It appends to the same event log as the fake node and the intent store: ``("pending", id)``,
 ``("plan", id)``, ``("finished", id, status)`` and ``("row", id, status)`` (a finished row
-written in one step), so tests can assert that the plan was stored before the first intent.
+written in one step), ``("lease", token)`` and ``("released", token)``, so tests can assert
+that the plan was stored before the first intent.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -20,10 +25,13 @@ from fakes_chain import EPOCH, FakeStore
 
 from daemon.db import (
     ConstraintViolation,
+    LeaseHeld,
+    LeaseLost,
     NotFound,
     RebalanceLogEntry,
     RebalanceOutcome,
     RebalanceRefused,
+    SignerLease,
     TxIntent,
 )
 
@@ -74,7 +82,10 @@ class FakeDatabase(FakeStore):
     """``rebalance_log`` and ``tx_intent`` in memory (``outage`` applies to both)."""
 
     attempts: dict[int, RebalanceLogEntry] = attrs.Factory(dict)
+    lease: SignerLease | None = None
+    """The signer lease as held now (None: free)."""
     _next_attempt: int = 1
+    _fencing_token: int = 0
 
     # -- helpers for tests --
 
@@ -187,6 +198,56 @@ class FakeDatabase(FakeStore):
         row = self.attempts[ident] = _finished(row, outcome)
         self.events.append(("row", str(ident), outcome.status))
         return row
+
+    async def pending_rebalances(
+        self, chain_id: int | None = None, signer: str | None = None
+    ) -> list[RebalanceLogEntry]:
+        await self._enter("pending_rebalances")
+        return [
+            row
+            for row in self.attempts.values()
+            if row.status == "PENDING"
+            and (chain_id is None or row.chain_id == chain_id)
+            and (signer is None or row.signer == signer.lower())
+        ]
+
+    # -- the signer lease --
+
+    async def acquire_signer_lease(
+        self,
+        chain_id: int,
+        signer: str,
+        holder: str,
+        ttl: float,
+        *,
+        take_over_from: Callable[[str], bool] = lambda holder: False,
+    ) -> SignerLease:
+        await self._enter("acquire_signer_lease")
+        held = self.lease
+        if held is not None and held.holder != holder and not take_over_from(held.holder):
+            raise LeaseHeld(held.holder, held.expires_at)
+        self._fencing_token += 1
+        self.lease = SignerLease(
+            chain_id=chain_id,
+            signer=signer.lower(),
+            holder=holder,
+            fencing_token=self._fencing_token,
+            expires_at=EPOCH + dt.timedelta(seconds=ttl),
+        )
+        self.events.append(("lease", str(self._fencing_token)))
+        return self.lease
+
+    async def renew_signer_lease(self, lease: SignerLease, ttl: float) -> SignerLease:
+        await self._enter("renew_signer_lease")
+        if self.lease is None or self.lease.fencing_token != lease.fencing_token:
+            raise LeaseLost(f"the lease of signer {lease.signer} was lost")
+        return self.lease
+
+    async def release_signer_lease(self, lease: SignerLease) -> None:
+        await self._enter("release_signer_lease")
+        if self.lease is not None and self.lease.fencing_token == lease.fencing_token:
+            self.lease = None
+            self.events.append(("released", str(lease.fencing_token)))
 
     async def intents_for_rebalance(self, rebalance_id: int) -> list[TxIntent]:
         await self._enter("intents_for_rebalance")

@@ -11,8 +11,10 @@ import pytest
 import trio
 import trio.testing
 from http_server import Request, Response, loopback_http
+from schema_defaults import holder
 
-from daemon.alerts import AlertSettings, AlertSink
+from daemon.alerts import AlertSink
+from daemon.metrics import Metrics
 
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -26,7 +28,10 @@ async def test_alert_reaches_the_webhook_once_and_repeats_are_suppressed() -> No
 
     with trio.fail_after(10):
         async with loopback_http(webhook) as server, httpx.AsyncClient() as client:
-            sink = AlertSink(lambda: AlertSettings(server.url + "/hook", 3600), lambda: T0)
+            sink = AlertSink(
+                holder(alerts={"webhook_url": server.url + "/hook", "repeat_window": 3600.0}),
+                lambda: T0,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(sink.run, client)
                 assert sink.fire("HIGH_DRIFT", {"portfolio": "p1", "drift": "0.31"})
@@ -42,7 +47,7 @@ async def test_alert_reaches_the_webhook_once_and_repeats_are_suppressed() -> No
 
 
 async def test_repeat_fires_again_after_the_window(autojump_clock: trio.testing.MockClock) -> None:
-    sink = AlertSink(lambda: AlertSettings("", 60), lambda: T0)
+    sink = AlertSink(holder(alerts={"repeat_window": 60.0}), lambda: T0)
     assert sink.fire("REBALANCE_FAILED", {"portfolio": "p", "error": "x"})
     await trio.sleep(30)
     assert not sink.fire("REBALANCE_FAILED", {"portfolio": "p", "error": "x"})
@@ -59,7 +64,11 @@ async def test_webhook_down_never_blocks_and_is_retried() -> None:
 
     with trio.fail_after(10):
         async with loopback_http(failing) as server, httpx.AsyncClient() as client:
-            sink = AlertSink(lambda: AlertSettings(server.url, 0), lambda: T0, backoff_initial=0.01)
+            sink = AlertSink(
+                holder(alerts={"webhook_url": server.url, "repeat_window": 0.0}),
+                lambda: T0,
+                backoff_initial=0.01,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(sink.run, client)
                 before = time.perf_counter()
@@ -75,6 +84,23 @@ async def test_webhook_down_never_blocks_and_is_retried() -> None:
 
 
 def test_unknown_kind_is_an_error() -> None:
-    sink = AlertSink(lambda: AlertSettings(), lambda: T0)
+    sink = AlertSink(holder(), lambda: T0)
     with pytest.raises(ValueError, match="unknown alert kind"):
         sink.fire("NOPE", {})
+
+
+async def test_each_alert_fired_is_counted_and_a_suppressed_repeat_is_not() -> None:
+    metrics = Metrics()
+    sink = AlertSink(holder(), lambda: T0, counter=metrics)
+    assert sink.fire("HIGH_DRIFT", {"portfolio": "p1"})
+    assert not sink.fire("HIGH_DRIFT", {"portfolio": "p1"})
+    assert sink.fire("TX_STUCK", {"nonce": 3})
+    counted = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.render().splitlines()
+        if line.startswith("driftd_alerts_total")
+    }
+    assert counted == {
+        'driftd_alerts_total{kind="HIGH_DRIFT"}': 1.0,
+        'driftd_alerts_total{kind="TX_STUCK"}': 1.0,
+    }

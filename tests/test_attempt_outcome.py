@@ -18,10 +18,10 @@ import trio
 import trio.testing
 from fakes_chain import FakeNode, FakeStore
 
+from daemon.attempt import attempt_outcome
 from daemon.chain import TxSigner
 from daemon.config import Secret
 from daemon.db import IntentPurpose, IntentStatus, TxIntent
-from daemon.executor import attempt_outcome
 from daemon.portfolio import PortfolioState, failure_backoff, record_outcome
 from daemon.transactions import LifecycleSettings, SignerTransactions, TxPlan
 

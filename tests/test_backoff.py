@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from daemon.address import ZERO_ADDRESS, checked_address, to_address
 from daemon.backoff import Backoff
 from daemon.chain import RetryPolicy
+from daemon.config import Config
 from daemon.portfolio import failure_backoff
 from daemon.supervise import RestartPolicy
+
+DEFAULT_RESTARTS = RestartPolicy.from_config(Config())
 
 seconds = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 factors = st.floats(min_value=1, max_value=10, allow_nan=False)
@@ -88,8 +91,8 @@ def test_each_place_keeps_its_numbers() -> None:
         assert ceiling / 2 <= RetryPolicy().backoff(attempt, rng) <= ceiling
     # Restarts: 1 s doubling up to 300 s, times a factor in [0.5, 1]; ``consecutive`` is 1-based.
     for consecutive, ceiling in enumerate([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0], 1):
-        assert ceiling / 2 <= RestartPolicy().delay(consecutive, rng) <= ceiling
-    assert RestartPolicy().delay(50, rng) <= 300.0
+        assert ceiling / 2 <= DEFAULT_RESTARTS.delay(consecutive, rng) <= ceiling
+    assert DEFAULT_RESTARTS.delay(50, rng) <= 300.0
     # A portfolio's FAILED attempts: failure_backoff doubling up to failure_backoff_max.
     assert failure_backoff(0, 60, 3600) == timedelta(0)
     assert [failure_backoff(n, 60, 3600).total_seconds() for n in (1, 2, 6, 7, 100)] == [

@@ -26,9 +26,9 @@ from structlog.testing import capture_logs
 
 from daemon import cli, cli_control
 from daemon.config import load_config
-from daemon.executor import ExecutorStatus
+from daemon.executor_status import ExecutorStatus
 from daemon.health import serve_health
-from daemon.health_document import build_health_document
+from daemon.health_document import HealthInputs, build_health_document
 from daemon.messages import RebalanceOutcome
 from daemon.portfolio import PortfolioState
 from daemon.supervise import Supervised
@@ -78,7 +78,7 @@ def health_document(**overrides: Any) -> dict[str, Any]:
         "pid": 4242,
     }
     arguments.update(overrides)
-    return build_health_document(**arguments)
+    return build_health_document(HealthInputs(**arguments))
 
 
 @attrs.define

@@ -75,10 +75,12 @@ async def test_delegations_without_the_oracle_guard_are_never_traded(
         nonce = await chain.get_transaction_count(devnet.signer, "latest")
         async with running_daemon(devnet, db_config) as daemon:
             await move_price(chain, devnet, "WETH", Decimal("1.3"))
-            await wait_for(lambda: _true(daemon.invalid.get("old")), "the portfolio refused")
+            await wait_for(
+                lambda: _true(daemon.portfolios.invalid.get("old")), "the portfolio refused"
+            )
             await trio.sleep(1.0)  # several price ticks: still nothing
             health = DaemonControls(daemon).health()
-        reason = daemon.invalid["old"]
+        reason = daemon.portfolios.invalid["old"]
         assert reason.startswith("weaker than driftd requires: ")
         assert "no oracle guard caveat" in reason
         assert "no expiry" in reason
@@ -145,10 +147,12 @@ async def test_delegations_the_owner_revoked_are_not_traded(
             await owner_increments_nonce(chain, devnet, account)
             # Any change to the portfolio reconciles at once (otherwise: RECHECK_SECONDS).
             await db.set_portfolio_paused("main", False)
-            await wait_for(lambda: _true(daemon.invalid.get("main")), "the revocation noticed")
+            await wait_for(
+                lambda: _true(daemon.portfolios.invalid.get("main")), "the revocation noticed"
+            )
             await move_price(chain, devnet, "WETH", Decimal("1.3"))
             await trio.sleep(1.0)
-        assert daemon.invalid["main"].startswith(
+        assert daemon.portfolios.invalid["main"].startswith(
             "revoked: the owner incremented the NonceEnforcer nonce (signed at nonce 0, current 1)"
         )
         assert "main" not in daemon.supervisor.actors

@@ -7,7 +7,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from schema_defaults import engine_params
 
+from daemon import drift
 from daemon.drift import (
     WITHIN_TOLERANCE,
     Action,
@@ -17,12 +19,23 @@ from daemon.drift import (
     Leg,
     NoRebalance,
     Rebalance,
-    evaluate,
     from_base_units,
     to_base_units,
 )
 
 D = Decimal
+
+
+def evaluate(
+    holdings: list[Holding],
+    targets: dict[str, Decimal],
+    prices: dict[str, Decimal],
+    health: dict[str, str] | None = None,
+    params: EngineParams | None = None,
+) -> drift.Decision:
+    """:func:`daemon.drift.evaluate` with ``[rebalance]`` at the schema's defaults unless
+    ``params`` are given."""
+    return drift.evaluate(holdings, targets, prices, health, params=params or engine_params())
 
 
 def usd_holding(symbol: str, usd: Decimal, price: Decimal, decimals: int) -> Holding:
@@ -45,7 +58,7 @@ def test_seed_example_balanced_portfolio_does_not_rebalance() -> None:
     # The seed's own test: ETH 3000, USDC 1.0, a balanced portfolio, threshold 0.15.
     holdings = [Holding("ETH", 5 * 10**18, 18), Holding("USDC", 15000 * 10**6, 6)]
     targets = {"ETH": D("0.5"), "USDC": D("0.5")}
-    decision = evaluate(holdings, targets, {"ETH": D(3000), "USDC": D("1.0")}, {}, EngineParams())
+    decision = evaluate(holdings, targets, {"ETH": D(3000), "USDC": D("1.0")}, {}, engine_params())
     assert isinstance(decision, NoRebalance)
     assert decision.action == Action.NO_REBALANCE
     assert decision.reason == "All tokens within drift tolerance"
@@ -185,7 +198,7 @@ def test_all_tokens_unhealthy_is_no_rebalance() -> None:
 
 def test_band_mode_trades_only_to_the_band_edge() -> None:
     targets = {"ETH": D("0.5"), "USDC": D("0.5")}
-    params = EngineParams(rebalance_to="band", band_fraction=D("0.5"))  # band = 7.5 %
+    params = engine_params(rebalance_to="band", band_fraction=D("0.5"))  # band = 7.5 %
     decision = evaluate(
         portfolio({"ETH": D(6000), "USDC": D(4000)}, PRICES, DECIMALS), targets, PRICES, {}, params
     )
@@ -277,7 +290,7 @@ def test_huge_balances_keep_exact_integer_amounts() -> None:
     # 10^30 wei: far beyond float precision. Amounts must still be exact integers.
     prices = {"A": D("0.000001"), "B": D("1")}
     holdings = [Holding("A", 10**30, 18), Holding("B", 0, 18)]
-    params = EngineParams(max_trade_usd=D(10) ** 20)
+    params = engine_params(max_trade_usd=D(10) ** 20)
     decision = evaluate(holdings, {"A": D("0.5"), "B": D("0.5")}, prices, {}, params)
     assert isinstance(decision, Rebalance)
     (leg,) = decision.legs
@@ -295,9 +308,9 @@ def test_base_unit_conversions_round_down_and_round_trip() -> None:
 
 def test_engine_params_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="drift_threshold"):
-        EngineParams(drift_threshold=D("1.5"))
+        engine_params(drift_threshold=D("1.5"))
     with pytest.raises(ValueError, match="min_trade_usd"):
-        EngineParams(min_trade_usd=D(100), max_trade_usd=D(10))
+        engine_params(min_trade_usd=D(100), max_trade_usd=D(10))
 
 
 # --- property tests --------------------------------------------------------------------------
@@ -322,7 +335,7 @@ def scenarios(
     decimals = {s: draw(st.sampled_from([0, 2, 6, 8, 18])) for s in symbols}
     holdings = [usd_holding(s, draw(money), prices[s], decimals[s]) for s in symbols]
     health = {s: "UNHEALTHY" for s in symbols if draw(st.integers(0, 9)) == 0}
-    params = EngineParams(
+    params = engine_params(
         drift_threshold=draw(st.sampled_from([D("0.01"), D("0.05"), D("0.15"), D("0.3")])),
         min_trade_usd=draw(st.sampled_from([D(0), D(1), D(50)])),
         max_trade_usd=draw(st.sampled_from([D(100), D(10_000), D(10_000_000)])),
@@ -410,7 +423,7 @@ def test_plan_invariants(scenario: Scenario) -> None:
 @given(scenarios())
 def test_target_mode_without_caps_lands_on_target(scenario: Scenario) -> None:
     holdings, weights, prices, _health, params = scenario
-    params = EngineParams(
+    params = engine_params(
         drift_threshold=params.drift_threshold, min_trade_usd=D(0), max_trade_usd=D(10) ** 12
     )
     decision = evaluate(holdings, weights, prices, {}, params)

@@ -9,7 +9,7 @@ checks that nothing reached the node before the store recorded it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,15 +27,18 @@ from fakes_chain import (
     transport_error,
 )
 from fakes_store import FakeDatabase
+from schema_defaults import holder
 
 from daemon.address import to_address
 from daemon.chain import TxSigner
 from daemon.config import Secret
+from daemon.db import RebalanceOutcome as RowOutcome
 from daemon.db import TxIntent
 from daemon.delegation import ROOT_AUTHORITY, Delegation, PortfolioDelegations
 from daemon.drift import Leg, Rebalance, to_base_units
-from daemon.executor import Executor, ExecutorSettings
+from daemon.executor import Executor
 from daemon.guard import GuardBound, GuardTerms, GuardToken, usd
+from daemon.live_config import ConfigHolder
 from daemon.messages import RebalanceOutcome, RebalanceRequest, Token
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 
@@ -98,13 +101,18 @@ BUY_WBTC = leg(USDC, WBTC, 2000)
 
 @attrs.define(eq=False)
 class World:
+    """The executor on fakes. The world is also what the executor asks of the daemon: the
+    token book, the execution modes, the alert sink and the portfolio supervisor (which hears
+    every finished attempt)."""
+
     node: FakeNode
     db: FakeDatabase
     chain: FakeChainClient
     pools: FakePools
     signer: TxSigner
-    settings: ExecutorSettings
+    config: ConfigHolder
     mode: ExecutionMode
+    workers: int = 1
     finished: list[tuple[int, str, str]] = attrs.Factory(list)
     alerts: list[tuple[str, dict[str, object]]] = attrs.Factory(list)
     executor: Executor = attrs.field(init=False)
@@ -115,14 +123,35 @@ class World:
             uniswap=self.pools,  # type: ignore[arg-type]
             signer=self.signer,
             db=self.db,  # type: ignore[arg-type]
-            tokens=lambda: TOKENS,
-            mode_for=lambda request: self.mode,
-            settings=lambda: self.settings,
+            tokens=self,
+            modes=self,
+            config=self.config,
+            alerts=self,
+            outcomes=self,
+            max_in_flight=self.workers,
             now=lambda: NOW,
-            alert=lambda kind, fields: self.alerts.append((kind, dict(fields))),
-            on_finished=lambda pid, name, result: self.finished.append((pid, name, result.status)),
             node=self.node,
         )
+
+    # -- what the executor asks of the daemon --
+
+    def by_symbol(self) -> Mapping[str, Token]:
+        return TOKENS
+
+    def mode_for(self, request: RebalanceRequest) -> ExecutionMode:
+        return self.mode
+
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        return None
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        self.alerts.append((kind, dict(fields)))
+        return True
+
+    def rebalance_finished(self, portfolio_id: int, portfolio: str, result: RowOutcome) -> None:
+        self.finished.append((portfolio_id, portfolio, result.status))
+
+    # -- the test's handles --
 
     @property
     def events(self) -> Events:
@@ -161,7 +190,9 @@ class World:
         return [fields for k, fields in self.alerts if k == kind]
 
 
-def make_world(**settings: Any) -> World:
+def make_world(workers: int = 1, **config: Mapping[str, Any]) -> World:
+    """A world at the configuration schema's defaults, with ``config``'s keys changed (by
+    section: ``make_world(rebalance={"price_impact_threshold": Decimal("0.05")})``)."""
     signer = TxSigner(key=KEY)
     events: Events = []
     node = FakeNode(signer=signer.address, events=events)
@@ -175,8 +206,9 @@ def make_world(**settings: Any) -> World:
         chain=FakeChainClient(node),
         pools=pools,
         signer=signer,
-        settings=ExecutorSettings(**settings),
+        config=holder(**config),
         mode=WalletMode(router=ROUTER, signer=signer.address),
+        workers=workers,
     )
     WORLDS.append(world)
     return world
@@ -232,7 +264,7 @@ def nothing_signed(world: World) -> bool:
 async def test_prices_older_than_max_age_are_skipped_and_nothing_is_asked_or_signed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    world = make_world(max_price_age=300.0)
+    world = make_world(prices={"max_age": 300.0})
     outcome = await world.handle(BUY_WETH, prices_age=301)
     assert outcome.status == "SKIPPED"
     assert outcome.error == "No trade: the plan's prices are 301 s old (max_age 300 s)"
@@ -244,7 +276,7 @@ async def test_prices_older_than_max_age_are_skipped_and_nothing_is_asked_or_sig
     assert nothing_signed(world)
     assert world.finished == [(1, "p1", "SKIPPED")]
 
-    fresh = make_world(max_price_age=300.0)
+    fresh = make_world(prices={"max_age": 300.0})
     assert (await fresh.handle(BUY_WETH, prices_age=299)).status == "SUCCESS"
 
 
@@ -254,7 +286,7 @@ async def test_prices_older_than_max_age_are_skipped_and_nothing_is_asked_or_sig
 async def test_a_leg_over_the_price_impact_cap_is_rejected_and_the_rest_is_sent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    world = make_world(price_impact_cap=Decimal("0.05"))
+    world = make_world(rebalance={"price_impact_threshold": Decimal("0.05")})
     # 30 000 USDC and 0.5 WBTC: at the plan's price, but 2 000 USDC moves it ~6.5 %.
     world.pools.set_pool(USDC.address, 30_000 * 10**6, WBTC.address, 5 * 10**7)
     outcome = await world.handle(BUY_WETH, BUY_WBTC)
@@ -275,7 +307,7 @@ async def test_a_leg_whose_pool_is_off_the_plans_price_is_rejected(
 ) -> None:
     """2 % off the plan's 3 000 is within max_quote_deviation (3 %), 5 % is not; the pool is
     deep, so the price-impact cap alone would pass both."""
-    world = make_world(max_quote_deviation=Decimal("0.03"))
+    world = make_world(rebalance={"max_quote_deviation": Decimal("0.03")})
     world.pools.set_pool(USDC.address, usdc_per_weth * 10**9, WETH.address, 1_000 * 10**18)
     outcome = await world.handle(BUY_WETH)
     if sent:
@@ -477,7 +509,7 @@ async def test_a_node_on_another_chain_found_when_signing_skips_the_attempt(
 async def test_dry_run_quotes_and_plans_but_sends_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    world = make_world(dry_run=True)
+    world = make_world(execution={"dry_run": True})
     outcome = await world.handle(BUY_WETH, BUY_WBTC)
     assert outcome.status == "DRY_RUN"
     assert nothing_signed(world)
@@ -532,3 +564,125 @@ async def test_a_redemption_within_the_guards_bound_is_one_transaction_for_all_l
     assert (redemption.tx_to, redemption.purpose) == (MANAGER, "swap")
     assert (world.db.attempt(1).planned_txs, world.db.attempt(1).planned_swap_txs) == (1, 1)
     assert outcome.tx_hash == redemption.tx_hash
+
+
+# --- the actor: requests through its channel, recovery of a previous run ------------------------
+
+
+async def test_run_serves_requests_through_its_channel_with_several_workers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two workers: the second portfolio's attempt starts while the first one's transaction
+    waits to be mined (with one worker it would wait for the first attempt to end). Both are
+    answered on their reply channels; the signer's lease is taken first and given back last."""
+    world = make_world(workers=2)
+    world.node.automine = False
+    send, receive = trio.open_memory_channel[RebalanceRequest](0)
+    first, first_answer = world.request(BUY_WETH, portfolio_id=1)
+    second, second_answer = world.request(BUY_WBTC, portfolio_id=2)
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(world.executor.run, receive)
+            assert world.events[0] == ("lease", "1")
+            await send.send(first)
+            await send.send(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ("pending", "1") in world.events
+            assert ("pending", "2") in world.events
+            assert not any(event[0] == "mined" for event in world.events)
+            assert world.executor.status.pending == 2
+            assert world.executor.in_flight == {1, 2}
+            world.node.automine = True
+            world.node.mine_all()
+            outcomes = [await first_answer.receive(), await second_answer.receive()]
+            nursery.cancel_scope.cancel()
+    assert [(o.rebalance_id, o.status) for o in outcomes] == [(1, "SUCCESS"), (2, "SUCCESS")]
+    assert sorted(world.finished) == [(1, "p1", "SUCCESS"), (2, "p2", "SUCCESS")]
+    assert world.executor.status.handled == 2
+    assert world.executor.in_flight == set()
+    assert world.events[-1] == ("released", "1")
+    assert world.db.lease is None
+
+
+async def test_one_worker_carries_out_one_request_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    world = make_world(workers=1)
+    world.node.automine = False
+    send, receive = trio.open_memory_channel[RebalanceRequest](1)
+    first, first_answer = world.request(BUY_WETH, portfolio_id=1)
+    second, second_answer = world.request(BUY_WBTC, portfolio_id=2)
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(world.executor.run, receive)
+            await send.send(first)
+            await send.send(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ("pending", "1") in world.events
+            assert ("pending", "2") not in world.events, "the second waits for the first"
+            world.node.automine = True
+            world.node.mine_all()
+            assert (await first_answer.receive()).status == "SUCCESS"
+            assert (await second_answer.receive()).status == "SUCCESS"
+            nursery.cancel_scope.cancel()
+    first_done = world.events.index(("finished", "1", "SUCCESS"))
+    assert world.events.index(("pending", "2")) > first_done
+
+
+async def test_recovery_settles_a_previous_runs_attempt_in_the_background(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A previous run died with its approve broadcast and unmined. This run is ready at once;
+    meanwhile the portfolio's new requests are refused (its attempt is PENDING); once the
+    approve is mined the attempt is finished from its intents, as FAILED (no swap was sent),
+    and the supervisor hears of it."""
+    previous = make_world()
+    previous.node.automine = False
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(previous.handle, BUY_WETH)
+            while not previous.node.pool:
+                await trio.sleep(0.25)
+            nursery.cancel_scope.cancel()  # the process dies here
+    (approve,) = previous.intents()
+    assert approve.live, "signed and sent, not settled"
+    assert previous.db.attempt(1).status == "PENDING"
+
+    world = World(
+        node=previous.node,
+        db=previous.db,
+        chain=previous.chain,
+        pools=previous.pools,
+        signer=previous.signer,
+        config=previous.config,
+        mode=previous.mode,
+    )
+    WORLDS.append(world)
+    send, receive = trio.open_memory_channel[RebalanceRequest](0)
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(world.executor.run, receive)
+            status = world.executor.status
+            assert (status.recovering, world.executor.in_flight) == (1, {1})
+            assert set(world.executor.transactions.slots) == {0}
+            assert world.db.attempt(1).status == "PENDING"
+
+            again, answer = world.request(BUY_WETH, portfolio_id=1)
+            await send.send(again)
+            refused = await answer.receive()
+            assert refused.status == "SKIPPED"
+            assert refused.error == ("No trade: another rebalance of this portfolio is in flight")
+            assert previous.node.sends == [approve.tx_hash], "nothing new was signed"
+
+            world.node.mine_all()
+            while status.recovering:
+                await trio.sleep(0.25)
+            nursery.cancel_scope.cancel()
+    row = world.db.attempt(1)
+    assert row.status == "FAILED"
+    assert row.error == "no swap was mined; nothing was traded; settled after a restart"
+    assert row.transaction_hash == approve.tx_hash
+    assert world.db.by_hash(approve.tx_hash).status == "CONFIRMED"
+    assert world.executor.in_flight == set()
+    assert (1, "1", "FAILED") in world.finished
+    assert world.alerted("REBALANCE_FAILED") == [{"portfolio": "1", "error": row.error}]

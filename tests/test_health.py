@@ -27,13 +27,10 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from daemon.executor import ExecutorStatus
-from daemon.health import (
-    MAX_LINE,
-    HealthSocketInUse,
-    serve_health,
-)
-from daemon.health_document import build_health_document
+from daemon.control_protocol import MAX_LINE
+from daemon.executor_status import ExecutorStatus
+from daemon.health import HealthSocketInUse, serve_health
+from daemon.health_document import HealthInputs, build_health_document
 from daemon.messages import RebalanceOutcome
 from daemon.portfolio import PortfolioState
 from daemon.supervise import Supervised
@@ -466,7 +463,7 @@ def document(**overrides: Any) -> dict[str, Any]:
         "pid": 4242,
     }
     arguments.update(overrides)
-    return build_health_document(**arguments)
+    return build_health_document(HealthInputs(**arguments))
 
 
 def test_healthy_document_has_every_field() -> None:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import attrs
 import trio
 import trio.testing
+from schema_defaults import holder
 
-from daemon.drift import EngineParams
 from daemon.latest import Latest
 from daemon.messages import PricePoint, PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
 from daemon.portfolio import (
     PortfolioDeps,
     PortfolioSpec,
     PortfolioState,
-    RuntimeParams,
     evaluate_portfolio,
     failure_backoff,
     record_outcome,
@@ -49,26 +49,51 @@ def snapshot(age: float = 5.0) -> PriceSnapshot:
     )
 
 
+@attrs.define
+class Daemon:
+    """What the actor asks of the rest of the daemon, as fakes."""
+
+    blocked: str | None = None
+    expired: str | None = None
+    healthy: list[str] = attrs.Factory(list)
+    in_flight: set[int] = attrs.Factory(set)
+    accepting: bool = True
+
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        return {t: BALANCES[t] for t in tokens}, 1234
+
+    def signer_blocked(self) -> str | None:
+        return self.blocked
+
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        return None if self.expired is None else f"{self.expired} ({portfolio_id})"
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        return True
+
+    def mark_healthy(self, key: str) -> None:
+        self.healthy.append(key)
+
+
 def make_deps(
-    executor: trio.MemorySendChannel[RebalanceRequest],
-    *,
-    blocked: str | None = None,
-    healthy: list[str] | None = None,
+    executor: trio.MemorySendChannel[RebalanceRequest], daemon: Daemon | None = None
 ) -> PortfolioDeps:
     snapshots: Latest[PriceSnapshot] = Latest()
     snapshots.publish(snapshot())
-
-    async def read(account: str, tokens: list[str]) -> tuple[Mapping[str, int], int | None]:
-        return {t: BALANCES[t] for t in tokens}, 1234
-
+    daemon = daemon or Daemon()
     return PortfolioDeps(
         snapshots=snapshots,
-        read_balances=read,
-        executor=executor,
-        params=lambda: RuntimeParams(EngineParams(), Decimal(15), 60.0, Decimal(1)),
+        balances=daemon,
+        requests=executor,
+        executor=daemon,
+        delegations=daemon,
+        config=holder(prices={"max_age": 60.0}, alerts={"high_drift": Decimal(1)}),
         now=lambda: NOW,
-        signer_blocked=lambda: blocked,
-        healthy=(healthy.append if healthy is not None else lambda name: None),
+        alerts=daemon,
+        admission=daemon,
+        supervisor=daemon,
     )
 
 
@@ -115,26 +140,29 @@ async def test_the_outcome_is_not_the_actors_to_record() -> None:
 async def test_no_request_while_the_signer_is_blocked_or_backing_off() -> None:
     send, _inbox = trio.open_memory_channel[RebalanceRequest](0)
     with trio.fail_after(5):
-        reason = await evaluate_portfolio(
-            SPEC, PortfolioState(), make_deps(send, blocked="nonce 3 cannot be sent: no gas")
-        )
+        blocked = Daemon(blocked="nonce 3 cannot be sent: no gas")
+        reason = await evaluate_portfolio(SPEC, PortfolioState(), make_deps(send, blocked))
         assert reason == "No trade: the signer cannot send: nonce 3 cannot be sent: no gas"
         state = PortfolioState(failures=2, retry_at=NOW + timedelta(seconds=90))
         reason = await evaluate_portfolio(SPEC, state, make_deps(send))
         assert reason == "No trade: backing off after 2 failed attempt(s), 91 s left"
         paused = await evaluate_portfolio(SPEC, PortfolioState(paused=True), make_deps(send))
         assert paused == "paused"
-        deps = make_deps(send)
-        deps.delegation_problem = lambda portfolio_id: f"expired ({portfolio_id})"
+        deps = make_deps(send, Daemon(expired="expired"))
         assert await evaluate_portfolio(SPEC, PortfolioState(), deps) == "expired (7)"
+        stopping = make_deps(send, Daemon(accepting=False))
+        assert await evaluate_portfolio(SPEC, PortfolioState(), stopping) == (
+            "No trade: the daemon is stopping"
+        )
 
 
 async def test_each_completed_evaluation_reports_the_actor_healthy(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     send, _inbox = trio.open_memory_channel[RebalanceRequest](0)
-    healthy: list[str] = []
-    deps = make_deps(send, blocked="x", healthy=healthy)
+    daemon = Daemon(blocked="x")
+    healthy = daemon.healthy
+    deps = make_deps(send, daemon)
     state = PortfolioState()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

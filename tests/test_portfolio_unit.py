@@ -9,7 +9,7 @@ fifteen minutes of cooldown or a doubling backoff pass in milliseconds.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -18,18 +18,21 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from schema_defaults import holder, restart_policy
 
-from daemon.drift import WITHIN_TOLERANCE, EngineParams
+from daemon.db import RebalanceOutcome as RowOutcome
+from daemon.drift import WITHIN_TOLERANCE
+from daemon.faults import Faults
 from daemon.latest import Latest
 from daemon.messages import PricePoint, PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+from daemon.metrics import Metrics
 from daemon.portfolio import (
     PortfolioDeps,
     PortfolioSpec,
     PortfolioState,
-    RuntimeParams,
-    record_outcome,
     run_portfolio_actor,
 )
+from daemon.portfolio_supervisor import PortfolioSupervisor
 
 EPOCH = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 USDC = Token("USDC", "0x" + "11" * 20, 6, is_quote=True)
@@ -43,7 +46,8 @@ SPEC = PortfolioSpec(
 )
 PRICES = {"USDC": Decimal(1), "WETH": Decimal(2500)}
 MAX_PRICE_AGE = 60.0
-BACKOFF, BACKOFF_MAX = 60.0, 3600.0
+# The schema's defaults otherwise: a 15-minute cooldown, FAILED attempts backing off from 60 s.
+CONFIG = holder(prices={"max_age": MAX_PRICE_AGE}, alerts={"high_drift": Decimal(1)})
 
 
 def holding(usdc: str, weth: str) -> dict[str, int]:
@@ -69,15 +73,18 @@ def _quiet_logs() -> Iterator[None]:
 
 @attrs.define(eq=False)
 class FakeExecutor:
-    """The executor as a portfolio actor meets it: the request channel, and ``in_flight``.
+    """The executor as a portfolio actor meets it: the request channel, ``in_flight`` and
+    ``signer_blocked``.
 
     Answers each request with the next scripted status (SUCCESS when the script is empty) and,
-    like the daemon's ``on_finished`` hook, records the outcome in the portfolio's state
-    before it answers. With ``holding`` set, requests wait until :meth:`release`."""
+    like the real executor, reports every finished attempt to the portfolio supervisor (which
+    sets the portfolio's clocks) before it answers. With ``holding`` set, requests wait until
+    :meth:`release`."""
 
-    state: PortfolioState
+    supervisor: PortfolioSupervisor
     statuses: list[str] = attrs.Factory(list)
     holding: bool = False
+    blocked: str | None = None
     requests: list[RebalanceRequest] = attrs.Factory(list)
     in_flight: set[int] = attrs.Factory(set)
     _released: trio.Event = attrs.Factory(trio.Event)
@@ -85,6 +92,9 @@ class FakeExecutor:
     def release(self) -> None:
         self.holding = False
         self._released.set()
+
+    def signer_blocked(self) -> str | None:
+        return self.blocked
 
     async def run(self, inbox: trio.MemoryReceiveChannel[RebalanceRequest]) -> None:
         async for request in inbox:
@@ -94,8 +104,10 @@ class FakeExecutor:
                 await self._released.wait()
             status = self.statuses.pop(0) if self.statuses else "SUCCESS"
             self.in_flight.discard(request.portfolio_id)
-            record_outcome(
-                self.state, status, wall_clock(), backoff=BACKOFF, backoff_max=BACKOFF_MAX
+            self.supervisor.rebalance_finished(
+                request.portfolio_id,
+                request.portfolio_name,
+                RowOutcome(status=status),  # type: ignore[arg-type]
             )
             outcome = RebalanceOutcome(rebalance_id=len(self.requests), status=status)  # type: ignore[arg-type]
             # The actor that asked may have been restarted meanwhile: nobody listens.
@@ -105,54 +117,80 @@ class FakeExecutor:
 
 @attrs.define(eq=False)
 class Actor:
-    """One portfolio actor on fakes, its executor, and what they saw."""
+    """One portfolio actor under the portfolio supervisor, on fakes; its executor, and what
+    they saw. The actor is also what it asks of the daemon besides the executor: the balance
+    reader, the delegation check, the alert sink and the admission gate."""
 
-    state: PortfolioState = attrs.Factory(PortfolioState)
     snapshots: Latest[PriceSnapshot] = attrs.Factory(Latest)
     balances: dict[str, int] = attrs.Factory(lambda: dict(DRIFTED))
     reads: int = 0
     alerts: list[tuple[str, dict[str, object]]] = attrs.Factory(list)
+    accepting: bool = True
+    expired: str | None = None
+    faults: Faults = attrs.Factory(Faults)
+    supervisor_metrics: Metrics = attrs.Factory(Metrics)
+    supervisor: PortfolioSupervisor = attrs.field(init=False)
     executor: FakeExecutor = attrs.field(init=False)
     deps: PortfolioDeps = attrs.field(init=False)
     _inbox: trio.MemoryReceiveChannel[RebalanceRequest] = attrs.field(init=False)
-    _serving: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
-        self.executor = FakeExecutor(self.state)
+        self.supervisor = PortfolioSupervisor(
+            restart_policy(),
+            alerts=self,
+            metrics=self.supervisor_metrics,
+            config=CONFIG,
+            now=wall_clock,
+        )
+        self.executor = FakeExecutor(self.supervisor)
         send, self._inbox = trio.open_memory_channel[RebalanceRequest](0)
-
-        async def read_balances(
-            account: str, tokens: list[str]
-        ) -> tuple[Mapping[str, int], int | None]:
-            await trio.lowlevel.checkpoint()
-            self.reads += 1
-            return {t: self.balances[t] for t in tokens}, 100 + self.reads
-
         self.deps = PortfolioDeps(
             snapshots=self.snapshots,
-            read_balances=read_balances,
-            executor=send,
-            params=lambda: RuntimeParams(
-                EngineParams(), Decimal(15), MAX_PRICE_AGE, high_drift_alert=Decimal(1)
-            ),
+            balances=self,
+            requests=send,
+            executor=self.executor,
+            delegations=self,
+            config=CONFIG,
             now=wall_clock,
-            alert=lambda kind, fields: self.alerts.append((kind, dict(fields))),
-            in_flight=lambda portfolio_id: portfolio_id in self.executor.in_flight,
+            alerts=self,
+            admission=self,
+            supervisor=self.supervisor,
+            faults=self.faults,
         )
 
-    def start(self, nursery: trio.Nursery) -> trio.CancelScope:
-        """Start the executor (once) and an actor; the actor's scope cancels it (a restart)."""
-        if not self._serving:
-            self._serving = True
-            nursery.start_soon(self.executor.run, self._inbox)
-        scope = trio.CancelScope()
+    # -- what the actor asks of the daemon --
 
-        async def actor() -> None:
-            with scope:
-                await run_portfolio_actor(SPEC, self.state, self.deps)
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        await trio.lowlevel.checkpoint()
+        self.reads += 1
+        return {t: self.balances[t] for t in tokens}, 100 + self.reads
 
-        nursery.start_soon(actor)
-        return scope
+    def delegation_problem(self, portfolio_id: int) -> str | None:
+        return self.expired
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        self.alerts.append((kind, dict(fields)))
+        return True
+
+    # -- the test's handles --
+
+    @property
+    def state(self) -> PortfolioState:
+        return self.supervisor.actors["main"].state
+
+    async def start(self, nursery: trio.Nursery, state: PortfolioState | None = None) -> None:
+        """Start the supervisor, the executor and the actor (with ``state``: seeded)."""
+        await nursery.start(self.supervisor.run)
+        nursery.start_soon(self.executor.run, self._inbox)
+        self.supervisor.start_portfolio(SPEC, self.actor_function(), state or PortfolioState())
+
+    def actor_function(self) -> Callable[[PortfolioState], Awaitable[None]]:
+        async def actor(state: PortfolioState) -> None:
+            await run_portfolio_actor(SPEC, state, self.deps)
+
+        return actor
 
     def publish(self) -> None:
         """A snapshot of :data:`PRICES`, observed now."""
@@ -176,16 +214,17 @@ class Actor:
         return self.state.last_decision
 
     def trigger(self) -> None:
-        self.state.trigger.set()
+        """``driftd rebalance main``: a control command, carried out by the supervisor."""
+        self.supervisor.evaluate_now("main")
 
     def waiting_for_executor(self) -> bool:
         return self.state.in_flight
 
 
 async def running(actor: Actor, body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
-    """Run the executor and the actor while ``body`` runs."""
+    """Run the supervisor, the executor and the actor while ``body`` runs."""
     async with trio.open_nursery() as nursery:
-        actor.start(nursery)
+        await actor.start(nursery)
         await trio.testing.wait_all_tasks_blocked()
         await body(nursery)
         nursery.cancel_scope.cancel()
@@ -266,7 +305,7 @@ async def test_no_second_request_while_one_is_in_flight_even_across_a_restart(
     actor = Actor()
     actor.executor.holding = True
     async with trio.open_nursery() as nursery:
-        first = actor.start(nursery)
+        await actor.start(nursery)
         await trio.testing.wait_all_tasks_blocked()
         actor.publish()
         await trio.testing.wait_all_tasks_blocked()
@@ -279,15 +318,15 @@ async def test_no_second_request_while_one_is_in_flight_even_across_a_restart(
         assert len(actor.executor.requests) == 1
 
         # The supervisor restarts the actor; the executor is still carrying the attempt out.
-        first.cancel()
+        state = actor.state
+        actor.supervisor.change_portfolio(SPEC, actor.actor_function())
         await trio.testing.wait_all_tasks_blocked()
+        assert actor.state is state, "a restart keeps the state"
         assert not actor.waiting_for_executor()
-        assert await actor.evaluation(lambda: actor.start(nursery)) == (
-            "No trade: a rebalance of this portfolio is in flight"
-        )
+        assert await actor.evaluation() == "No trade: a rebalance of this portfolio is in flight"
         assert len(actor.executor.requests) == 1
 
-        # It succeeds with nobody listening: its hook still starts the cooldown.
+        # It succeeds with nobody listening: the supervisor still starts the cooldown.
         actor.executor.release()
         await trio.testing.wait_all_tasks_blocked()
         decision = await actor.evaluation()
@@ -318,5 +357,109 @@ async def test_failures_back_off_doubling_and_start_no_cooldown(
         assert await actor.evaluation() == "SUCCESS:"
         assert len(actor.executor.requests) == 3
         assert (actor.state.failures, actor.state.retry_at) == (0, None)
+
+    await running(actor, body)
+
+
+# --- control commands are carried out by the portfolio supervisor ---------------------------------
+
+
+async def test_rebalance_now_evaluates_at_once_without_a_new_snapshot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = Actor(balances=dict(BELOW_THRESHOLD))
+
+    async def body(nursery: trio.Nursery) -> None:
+        assert await actor.evaluation() == WITHIN_TOLERANCE
+        version = actor.snapshots.version
+        actor.balances = dict(DRIFTED)
+        await trio.sleep(30)  # the feed is quiet; the snapshot is 30 s old, still usable
+        evaluated = actor.supervisor.evaluate_now("main")
+        with trio.fail_after(1):
+            await evaluated.wait()
+        assert actor.snapshots.version == version
+        assert actor.state.last_decision == "SUCCESS:"
+        assert len(actor.executor.requests) == 1
+        with pytest.raises(KeyError):
+            actor.supervisor.evaluate_now("ghost")
+
+    await running(actor, body)
+
+
+async def test_a_paused_portfolio_reads_nothing_and_asks_nothing_until_resumed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = Actor()
+
+    async def body(nursery: trio.Nursery) -> None:
+        actor.supervisor.pause_portfolio("main")
+        assert actor.state.paused
+        assert await actor.evaluation() == "paused"
+        assert await actor.evaluation(actor.trigger) == "paused"
+        assert (actor.reads, actor.executor.requests) == (0, [])
+        assert actor.supervisor.resume_portfolio("main") is False, "it was not parked"
+        assert not actor.state.paused
+        assert await actor.evaluation() == "SUCCESS:"
+        assert len(actor.executor.requests) == 1
+        assert actor.supervisor.resume_portfolio("ghost") is False
+
+    await running(actor, body)
+
+
+async def test_the_pause_recorded_in_the_database_is_applied_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = Actor()
+
+    async def body(nursery: trio.Nursery) -> None:
+        assert actor.supervisor.set_paused("main", True) is True
+        assert actor.supervisor.set_paused("main", True) is False, "nothing changed"
+        assert await actor.evaluation() == "paused"
+        assert actor.supervisor.set_paused("main", False) is True
+        assert actor.supervisor.set_paused("ghost", True) is False
+        assert await actor.evaluation() == "SUCCESS:"
+
+    await running(actor, body)
+
+
+async def test_a_recovered_attempt_sets_the_clocks_of_the_portfolio_it_belongs_to(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Recovery knows a portfolio by id only (its name is ``str(id)``): the supervisor finds
+    the running portfolio and starts its cooldown, and counts it under its name."""
+    actor = Actor()
+
+    async def body(nursery: trio.Nursery) -> None:
+        actor.supervisor.rebalance_finished(SPEC.id, str(SPEC.id), RowOutcome(status="PARTIAL"))
+        assert actor.state.last_success_at == wall_clock()
+        assert (await actor.evaluation()).startswith("Cooldown active")
+        actor.supervisor.rebalance_finished(99, "99", RowOutcome(status="FAILED"))
+        assert actor.state.failures == 0, "another portfolio's attempt"
+
+    await running(actor, body)
+    rendered = actor.supervisor_metrics.render()
+    assert 'driftd_rebalances_total{portfolio="main",status="PARTIAL"} 1.0' in rendered
+    assert 'driftd_rebalances_total{portfolio="99",status="FAILED"} 1.0' in rendered
+
+
+async def test_an_actor_that_keeps_crashing_is_parked_with_an_alert_and_resume_unparks_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = Actor(faults=Faults({"evaluate": "raise"}))
+
+    async def body(nursery: trio.Nursery) -> None:
+        entry = actor.supervisor.actors["main"]
+        while entry.status != "parked":
+            actor.publish()
+            await trio.sleep(1)
+        ((kind, fields),) = actor.alerts
+        assert kind == "ACTOR_PARKED"
+        assert fields == {
+            "portfolio": "main",
+            "error": "InjectedFault: injected fault at evaluate@main",
+        }
+        assert actor.supervisor.resume_portfolio("main") is True
+        await trio.testing.wait_all_tasks_blocked()
+        assert entry.status == "running"
 
     await running(actor, body)

@@ -10,8 +10,10 @@ the outcome it must have, for the bad-input catalogue.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,13 +29,14 @@ from daemon_harness import Clock, move_price
 from http_server import Request, Response, loopback_http
 from reliability import BadInput
 from rpc_proxy import StaleHead, rpc_proxy
+from schema_defaults import config, engine_params, feed_settings, holder
 from test_daemon import evaluated, finished_rows, running_daemon, setup_portfolio, wait_for
 
 from daemon import db as dbm
-from daemon.alerts import AlertSettings, AlertSink
+from daemon.alerts import AlertSink
 from daemon.chain import ChainClient, RetryPolicy
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
-from daemon.config import DatabaseConfig
+from daemon.config import Config, DatabaseConfig
 from daemon.control import DaemonControls
 from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
 from daemon.drift import Holding, evaluate
@@ -42,7 +45,6 @@ from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName
 from daemon.prices import (
     DIVERGED,
     UNVERIFIED,
-    FeedSettings,
     OracleSource,
     RouterSource,
     poll_once,
@@ -58,6 +60,8 @@ TOKENS: Final = [
     Token("USDC", "0x" + "22" * 20, 6, "usd-coin", is_quote=True),
 ]
 COINGECKO_IDS: Final = {"weth": "WETH", "wrapped-bitcoin": "WBTC", "usd-coin": "USDC"}
+FEED: Final = feed_settings(max_head_age=0.0)
+"""The schema's ``[prices]``, heads not judged unless a test says so."""
 REFERENCE: Final = {"WETH": Decimal(3000), "WBTC": Decimal(60000), "USDC": Decimal(1)}
 """The last accepted prices the CoinGecko cases are checked against (the move check)."""
 
@@ -177,9 +181,7 @@ async def test_every_bad_coingecko_answer_has_a_clear_outcome(
             with structlog.testing.capture_logs() as logs:
                 error: PriceSourceError | None = None
                 try:
-                    snapshot = await poll_once(
-                        source, None, TOKENS, FeedSettings(), lambda: T0, REFERENCE
-                    )
+                    snapshot = await poll_once(source, None, TOKENS, FEED, lambda: T0, REFERENCE)
                 except RateLimited as exc:
                     outcome, error = RATE_LIMITED, exc
                 except PriceSourceError as exc:
@@ -238,6 +240,28 @@ class ScriptedSource:
         }, []
 
 
+@attrs.define
+class FeedFakes:
+    """What the feed is wired to besides its source: the tokens, a store that keeps nothing,
+    and a listener that collects the published snapshots (and the failed ticks' None)."""
+
+    published: list[PriceSnapshot | None]
+    failed_ticks: bool = False
+
+    async def load(self) -> list[Token]:
+        return TOKENS
+
+    async def store(self, points: list[PricePoint]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def ticked(self, snapshot: PriceSnapshot | None) -> None:
+        if snapshot is not None or self.failed_ticks:
+            self.published.append(snapshot)
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        raise AssertionError(f"unexpected alert {kind}: {fields}")
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
@@ -257,9 +281,7 @@ async def test_a_bad_price_is_refused_with_a_warning_and_the_others_keep_trading
 ) -> None:
     source = ScriptedSource([{"WETH": bad, "WBTC": "60000", "USDC": "1"}])
     with trio.fail_after(5), structlog.testing.capture_logs() as logs:
-        snapshot = await poll_once(
-            source, None, TOKENS, FeedSettings(), lambda: T0, {"WETH": Decimal(3000)}
-        )
+        snapshot = await poll_once(source, None, TOKENS, FEED, lambda: T0, {"WETH": Decimal(3000)})
     assert "WETH" not in snapshot.prices
     (warning,) = [e for e in logs if e.get("event") == "price_refused"]
     assert warning["log_level"] == "warning"
@@ -285,9 +307,7 @@ async def test_a_bad_price_is_refused_with_a_warning_and_the_others_keep_trading
 async def test_a_move_within_the_factor_is_accepted_and_the_reference_follows() -> None:
     source = ScriptedSource([{"WETH": "29999"}])  # 9.9999x: inside the factor
     with trio.fail_after(5):
-        snapshot = await poll_once(
-            source, None, TOKENS, FeedSettings(), lambda: T0, {"WETH": Decimal(3000)}
-        )
+        snapshot = await poll_once(source, None, TOKENS, FEED, lambda: T0, {"WETH": Decimal(3000)})
     assert snapshot.prices["WETH"].usd == Decimal(29999)
 
 
@@ -308,27 +328,31 @@ async def test_a_refused_move_stays_refused_until_back_within_the_factor() -> No
     published: list[PriceSnapshot] = []
     cell: Latest[PriceSnapshot] = Latest()
 
-    async def load_tokens() -> list[Token]:
-        return TOKENS
+    class Reloaded:
+        """prices.max_move_factor raised (live) for the last tick."""
 
-    async def store(points: list[PricePoint]) -> None:
-        pass
+        @property
+        def current(self) -> Config:
+            factor = Decimal(next(factors, 1000))
+            return config(
+                prices={"poll_interval": 0.01, "max_head_age": 0.0, "max_move_factor": factor}
+            )
 
-    def settings() -> FeedSettings:
-        return FeedSettings(poll_interval=0.01, max_move_factor=Decimal(next(factors, 1000)))
-
+    feed = FeedFakes(published=published)
     with trio.fail_after(10), structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                lambda: run_price_feed(
+                functools.partial(
+                    run_price_feed,
                     primary=source,
                     secondary=None,
-                    load_tokens=load_tokens,
-                    store=store,
+                    tokens=feed,
+                    history=feed,
                     snapshots=cell,
-                    settings=settings,
+                    config=Reloaded(),
                     now=lambda: T0,
-                    on_tick=lambda s: published.append(s) if s else None,
+                    ticks=feed,
+                    alerts=feed,
                 )
             )
             while len(published) < 6:
@@ -352,10 +376,10 @@ async def test_a_router_price_pumped_between_polls_is_refused(
     tokens = devnet_tokens(devnet)
     router = RouterSource(UniswapV2(chain, devnet.router, devnet.quote.address), utc_now)
     with trio.fail_after(60), structlog.testing.capture_logs() as logs:
-        first = await poll_once(router, None, tokens, FeedSettings(), utc_now)
+        first = await poll_once(router, None, tokens, FEED, utc_now)
         await move_price(chain, devnet, "WETH", Decimal(20))
         previous = {s: p.usd for s, p in first.prices.items()}
-        second = await poll_once(router, None, tokens, FeedSettings(), utc_now, previous)
+        second = await poll_once(router, None, tokens, FEED, utc_now, previous)
     assert set(first.prices) == {"USDC", "WETH", "WBTC"}
     assert set(second.prices) == {"USDC", "WBTC"}
     assert second.prices["WBTC"].usd == first.prices["WBTC"].usd
@@ -407,7 +431,7 @@ async def test_router_prices_from_a_node_stuck_on_an_old_head_are_stale(
     """A node frozen at block N (the fault proxy) while the chain moves on 10 minutes: with
     prices.max_head_age the router prices read through it are stale, named with the block."""
     tokens = devnet_tokens(devnet)
-    settings = FeedSettings(max_head_age=120)
+    settings = feed_settings(max_head_age=120.0)
     with trio.fail_after(60):
         async with rpc_proxy(devnet.rpc_url) as proxy:
             config = attrs.evolve(devnet.chain_config(), rpc_url=proxy.url)
@@ -526,7 +550,7 @@ async def test_cross_check_a_token_without_a_second_price_is_unverified_and_not_
     router = ScriptedSource([{"WETH": "3000000", "WBTC": "60000", "USDC": "1"}])  # WETH 1000x
     oracle = ScriptedSource([{"WBTC": "60100", "USDC": "1.0002"}], name="oracle")
     with trio.fail_after(5):
-        snapshot = await poll_once(router, oracle, TOKENS, FeedSettings(), lambda: T0)
+        snapshot = await poll_once(router, oracle, TOKENS, FEED, lambda: T0)
     assert snapshot.health == {"WETH": UNVERIFIED}
     assert "WETH: UNVERIFIED, not traded: oracle has no price for it" in snapshot.problems
     # The engine neither buys nor sells it.
@@ -534,7 +558,7 @@ async def test_cross_check_a_token_without_a_second_price_is_unverified_and_not_
     assert isinstance(prices, dict)
     holdings = [Holding("WETH", 10**18, 18), Holding("WBTC", 10**7, 8), Holding("USDC", 10**9, 6)]
     targets = {"WETH": Decimal("0.2"), "WBTC": Decimal("0.3"), "USDC": Decimal("0.5")}
-    decision = evaluate(holdings, targets, prices, snapshot.health)
+    decision = evaluate(holdings, targets, prices, snapshot.health, params=engine_params())
     (weth,) = [d for d in decision.drifts if d.symbol == "WETH"]
     assert (weth.tradable, weth.health) == (False, UNVERIFIED)
     assert all("WETH" not in (leg.sell, leg.buy) for leg in getattr(decision, "legs", ()))
@@ -554,7 +578,7 @@ async def test_cross_check_an_unusable_second_price_is_unverified(
     router = ScriptedSource([{"WETH": "3000", "WBTC": "60000", "USDC": "1"}])
     oracle = ScriptedSource([oracle_answer], name="oracle")
     with trio.fail_after(5):
-        snapshot = await poll_once(router, oracle, TOKENS, FeedSettings(), lambda: T0)
+        snapshot = await poll_once(router, oracle, TOKENS, FEED, lambda: T0)
     if why is None:  # the whole second source failed: nothing is verified
         assert snapshot.health == dict.fromkeys(["WETH", "WBTC", "USDC"], UNVERIFIED)
         assert any("cross-check source oracle failed" in p for p in snapshot.problems)
@@ -569,7 +593,7 @@ async def test_cross_check_a_stale_second_price_verifies_nothing() -> None:
         [{"WETH": "3000", "USDC": "1"}], name="oracle", at=T0 - timedelta(hours=1)
     )
     with trio.fail_after(5):
-        snapshot = await poll_once(router, oracle, TOKENS, FeedSettings(), lambda: T0)
+        snapshot = await poll_once(router, oracle, TOKENS, FEED, lambda: T0)
     assert snapshot.health == {"WETH": UNVERIFIED, "USDC": UNVERIFIED}
     assert "WETH: UNVERIFIED, not traded: oracle price is 3600 s old (max_age 300 s)" in (
         snapshot.problems
@@ -580,7 +604,7 @@ async def test_cross_check_divergence_is_still_diverged() -> None:
     router = ScriptedSource([{"WETH": "3000", "USDC": "1"}])
     oracle = ScriptedSource([{"WETH": "3300", "USDC": "1.001"}], name="oracle")
     with trio.fail_after(5):
-        snapshot = await poll_once(router, oracle, TOKENS, FeedSettings(), lambda: T0)
+        snapshot = await poll_once(router, oracle, TOKENS, FEED, lambda: T0)
     assert snapshot.health == {"WETH": DIVERGED}
     assert any(
         p.startswith("WETH: DIVERGED, not traded: router 3000 vs oracle 3300")
@@ -620,7 +644,7 @@ async def test_cross_check_a_pumped_router_price_without_an_oracle_price_over_re
         async with loopback_http(handler) as server, httpx.AsyncClient() as client:
             oracle = OracleSource(CoinGeckoSource(client, server.url))
             router = RouterSource(uniswap, utc_now)
-            snapshot = await poll_once(router, oracle, tokens, FeedSettings(), utc_now)
+            snapshot = await poll_once(router, oracle, tokens, FEED, utc_now)
     assert snapshot.prices["WETH"].usd > 1_000_000  # pumped ~1000x, and published
     assert snapshot.health == {"WETH": UNVERIFIED}
     assert any(
@@ -671,31 +695,29 @@ async def test_an_oracle_outage_longer_than_max_age_raises_price_stale_once(outa
             )
         )
 
-    sink = AlertSink(lambda: AlertSettings(), now)
+    sink = AlertSink(holder(), now)
     published: list[PriceSnapshot | None] = []
     cell: Latest[PriceSnapshot] = Latest()
-
-    async def load_tokens() -> list[Token]:
-        return TOKENS
-
-    async def store(points: list[PricePoint]) -> None:
-        pass
+    feed = FeedFakes(published=published, failed_ticks=True)
 
     with trio.fail_after(20), structlog.testing.capture_logs() as logs:
         async with loopback_http(handler) as server, httpx.AsyncClient() as client:
             source = OracleSource(CoinGeckoSource(client, server.url, now=now))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    lambda: run_price_feed(
+                    functools.partial(
+                        run_price_feed,
                         primary=source,
                         secondary=None,
-                        load_tokens=load_tokens,
-                        store=store,
+                        tokens=feed,
+                        history=feed,
                         snapshots=cell,
-                        settings=lambda: FeedSettings(poll_interval=0.05, max_age=60),
+                        config=holder(
+                            prices={"poll_interval": 0.05, "max_age": 60.0, "max_head_age": 0.0}
+                        ),
                         now=now,
-                        on_tick=published.append,
-                        alert=sink.fire,
+                        ticks=feed,
+                        alerts=sink,
                     )
                 )
                 while len([s for s in published if s is not None]) < 3:

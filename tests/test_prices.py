@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,6 +12,7 @@ import httpx
 import trio
 import trio.testing
 from http_server import Request, Response, loopback_http
+from schema_defaults import feed_settings, holder
 
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
@@ -17,7 +20,6 @@ from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName
 from daemon.prices import (
     DIVERGED,
     UNVERIFIED,
-    FeedSettings,
     OracleSource,
     poll_once,
     run_price_feed,
@@ -50,18 +52,34 @@ class ScriptedSource:
         return dict(answer), []
 
 
+@attrs.define
+class FeedWorld:
+    """What the feed is wired to, as fakes: the tokens it prices, where it stores, who hears."""
+
+    stored: list[list[PricePoint]] = attrs.Factory(list)
+    ticks: list[PriceSnapshot | None] = attrs.Factory(list)
+    alerts: list[tuple[str, dict[str, object]]] = attrs.Factory(list)
+
+    async def load(self) -> list[Token]:
+        return TOKENS
+
+    async def store(self, points: list[PricePoint]) -> None:
+        self.stored.append(points)
+
+    def ticked(self, snapshot: PriceSnapshot | None) -> None:
+        self.ticks.append(snapshot)
+
+    def fire(self, kind: str, fields: Mapping[str, object]) -> bool:
+        self.alerts.append((kind, dict(fields)))
+        return True
+
+
 async def run_feed(
     source: ScriptedSource, seconds: float, secondary: ScriptedSource | None = None
 ) -> tuple[list[PriceSnapshot], list[list[PricePoint]]]:
     cell: Latest[PriceSnapshot] = Latest()
-    stored: list[list[PricePoint]] = []
+    world = FeedWorld()
     published: list[PriceSnapshot] = []
-
-    async def load_tokens() -> list[Token]:
-        return TOKENS
-
-    async def store(points: list[PricePoint]) -> None:
-        stored.append(points)
 
     async def watch() -> None:
         version = 0
@@ -72,20 +90,22 @@ async def run_feed(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         await nursery.start(
-            lambda task_status: run_price_feed(
+            functools.partial(
+                run_price_feed,
                 primary=source,
                 secondary=secondary,
-                load_tokens=load_tokens,
-                store=store,
+                tokens=world,
+                history=world,
                 snapshots=cell,
-                settings=lambda: FeedSettings(poll_interval=10),
+                config=holder(prices={"poll_interval": 10.0}),
                 now=lambda: T0,
-                task_status=task_status,
+                ticks=world,
+                alerts=world,
             )
         )
         await trio.sleep(seconds)
         nursery.cancel_scope.cancel()
-    return published, stored
+    return published, world.stored
 
 
 async def test_feed_stores_and_publishes_every_tick(autojump_clock: trio.testing.MockClock) -> None:
@@ -128,7 +148,7 @@ async def test_cross_check_marks_divergent_tokens_unhealthy(
     )
     with trio.fail_after(10):
         snapshot = await poll_once(
-            primary, oracle, TOKENS, FeedSettings(max_divergence=Decimal("0.05")), lambda: T0
+            primary, oracle, TOKENS, feed_settings(max_divergence=Decimal("0.05")), lambda: T0
         )
     assert snapshot.health == {"WETH": DIVERGED}  # 10 % apart; USDC 0.1 % apart is fine
 
@@ -137,7 +157,7 @@ async def test_cross_check_failure_trusts_nothing() -> None:
     primary = ScriptedSource([{"WETH": point("WETH", "3000")}])
     broken = ScriptedSource([PriceSourceError("down")], name="oracle")
     with trio.fail_after(10):
-        snapshot = await poll_once(primary, broken, TOKENS, FeedSettings(), lambda: T0)
+        snapshot = await poll_once(primary, broken, TOKENS, feed_settings(), lambda: T0)
     assert snapshot.health == {"WETH": UNVERIFIED}
     assert any("cross-check" in p for p in snapshot.problems)
 

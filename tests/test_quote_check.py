@@ -30,11 +30,11 @@ from http_server import Request, Response, loopback_http
 from test_daemon import COINGECKO_IDS, TARGETS, TOTAL_USD, finished_rows, running_daemon, wait_for
 
 from daemon import db as dbm
+from daemon.attempt import quote_deviation
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
 from daemon.devtools.devnet import Devnet, fund
 from daemon.drift import Leg
-from daemon.executor import quote_deviation
 from daemon.messages import Token
 
 pytestmark = pytest.mark.chain

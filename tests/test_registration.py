@@ -250,7 +250,7 @@ async def test_the_daemon_runs_one_actor_per_account(
             async with running_daemon(devnet, db_config) as daemon:
                 await wait_for(lambda: evaluated(daemon, "first", 2), "first's evaluations")
                 actors = set(daemon.supervisor.actors)
-                reason = daemon.invalid.get("second", "")
+                reason = daemon.portfolios.invalid.get("second", "")
     assert actors == {"first"}
     assert reason.startswith(
         f"account {account.address} on chain {devnet.chain_id} already runs portfolio 'first'"

@@ -59,8 +59,8 @@ from daemon_harness import (
 from reliability import Scenario, check_invariants
 from test_daemon import TARGETS, TOTAL_USD, running_daemon, setup_portfolio
 
-from daemon import control
 from daemon import db as dbm
+from daemon import probes
 from daemon.chain import ChainClient, TxSigner, hex_int
 from daemon.config import DatabaseConfig, Secret
 from daemon.control import DaemonControls
@@ -777,7 +777,7 @@ async def test_postgres_unreachable_while_the_market_moves_no_trade_until_it_is_
 ) -> None:
     """The market moves while PostgreSQL is down for 5 s: nothing is signed without a durable
     intent, the (in-process) daemon stays up, and trades once when the database is back."""
-    monkeypatch.setattr(control, "PROBE_SECONDS", 0.5)  # health sees the outage end sooner
+    monkeypatch.setattr(probes, "PROBE_SECONDS", 0.5)  # health sees the outage end sooner
     scenario.finding = "8"
     scenario.injected = "PostgreSQL stopped for 5 s; the market moves meanwhile"
     config = overrides()

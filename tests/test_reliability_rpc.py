@@ -297,7 +297,7 @@ async def trading(
                     finally:
                         # As on SIGTERM: no new attempt; the one in flight (after a failed
                         # expectation) gets a few seconds to end its row.
-                        await daemon.drain(5.0)
+                        await daemon.gate.drain(5.0)
     finally:
         # The daemon and the proxy are stopped. The referee runs whatever happened (a failed
         # expectation still gets its invariants in the report), shielded from a timeout.

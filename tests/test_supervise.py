@@ -19,7 +19,7 @@ class Counter:
     ticks: int = 0
 
 
-POLICY = RestartPolicy(backoff_initial=1.0, backoff_max=8.0, max_restarts=3, window=100.0)
+POLICY = RestartPolicy(backoff_initial=1.0, backoff_max=8.0, max_restarts=3, restart_window=100.0)
 
 
 async def crash_always(state: Counter) -> None:
@@ -43,13 +43,22 @@ def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
     assert max(delays) <= 8.0
 
 
+class Parking(Supervisor[Counter]):
+    """A supervisor that remembers whom it parked (the daemon's alerts)."""
+
+    def __init__(self) -> None:
+        super().__init__(POLICY, rng=random.Random(0))
+        self.parked: list[tuple[str, str]] = []
+
+    def on_parked(self, key: str, error: str) -> None:
+        self.parked.append((key, error))
+
+
 async def test_crashing_actor_is_parked_while_others_keep_running(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    parked: list[tuple[str, str]] = []
-    supervisor: Supervisor[Counter] = Supervisor(
-        POLICY, rng=random.Random(0), on_parked=lambda k, e: parked.append((k, e))
-    )
+    supervisor = Parking()
+    parked = supervisor.parked
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
@@ -92,7 +101,9 @@ async def test_restarts_wait_for_the_backoff(autojump_clock: trio.testing.MockCl
         starts.append(trio.current_time())
         raise RuntimeError("x")
 
-    policy = RestartPolicy(backoff_initial=2.0, backoff_max=100.0, max_restarts=4, window=1000.0)
+    policy = RestartPolicy(
+        backoff_initial=2.0, backoff_max=100.0, max_restarts=4, restart_window=1000.0
+    )
     supervisor: Supervisor[Counter] = Supervisor(policy, rng=random.Random(0))
     with trio.fail_after(1000):
         async with trio.open_nursery() as nursery:

@@ -490,8 +490,8 @@ async def test_the_daemon_holds_back_a_portfolio_whose_token_decimals_are_wrong(
             )
         async with running_daemon(devnet, db_config) as daemon:
             await wait_for(lambda: evaluated(daemon, "good", 2), "good's evaluations")
-            reason = daemon.invalid.get("wrong-decimals", "")
+            reason = daemon.portfolios.invalid.get("wrong-decimals", "")
             actors = set(daemon.supervisor.actors)
     assert actors == {"good"}
     assert "token WBTC is registered with 18 decimals but its decimals() on chain is 8" in reason
-    assert "good" not in daemon.invalid
+    assert "good" not in daemon.portfolios.invalid
