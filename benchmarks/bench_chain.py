@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable
 import httpx
 import trio
 
-from daemon.chain import ChainClient, RetryPolicy, encode_call
-from daemon.devtools.devnet import Devnet, open_devnet
+from daemon.abi import encode_call
+from daemon.chain import ChainClient, RetryPolicy
+from daemon.devtools.devnet import open_devnet
+from daemon.devtools.devnet_records import Devnet
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

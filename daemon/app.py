@@ -33,7 +33,7 @@ from daemon import db as dbm
 from daemon import package_version
 from daemon.alerts import AlertSink
 from daemon.balances import BalanceBatcher
-from daemon.chain import ChainClient, TxSigner
+from daemon.chain import ChainClient
 from daemon.coingecko import CoinGeckoSource
 from daemon.config import Config
 from daemon.control import DaemonControls
@@ -55,6 +55,7 @@ from daemon.prices import OracleSource, PriceSource, RouterSource, run_price_fee
 from daemon.probes import LiveMetrics, Probes, is_alive, run_probes, status_line
 from daemon.reconcile import PortfolioReconciler
 from daemon.retry import OutageLog
+from daemon.signer import TxSigner
 from daemon.supervise import RestartPolicy
 from daemon.systemd import Notifier, run_watchdog, watchdog_interval
 from daemon.tokens import TokenBook

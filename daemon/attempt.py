@@ -19,12 +19,12 @@ from eth_utils.crypto import keccak
 
 from daemon import db as dbm
 from daemon.address import to_address
+from daemon.amm import mid_price
 from daemon.chain import Receipt
 from daemon.drift import Leg
 from daemon.messages import Token
-from daemon.transactions import FeeAboveCeiling, SignerBlocked
+from daemon.transactions_values import FeeAboveCeiling, SignerBlocked
 from daemon.txbuild import Call, ExecutionMode, SwapLeg
-from daemon.uniswap import mid_price
 
 TRANSFER_TOPIC: Final = keccak(text="Transfer(address,address,uint256)")
 

@@ -16,7 +16,8 @@ from typing import Literal
 import attrs
 
 from daemon.address import to_address
-from daemon.chain import ChainClient, Reverted
+from daemon.chain import ChainClient
+from daemon.chain_errors import Reverted
 from daemon.config import DelegationConfig, GuardConfig
 from daemon.delegation import (
     ROOT_AUTHORITY,

@@ -52,15 +52,10 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from daemon.abi import function_selector
 from daemon.address import to_address
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    Json,
-    RpcCall,
-    RpcTransportError,
-    function_selector,
-)
+from daemon.chain import ChainClient, RpcCall
+from daemon.chain_errors import ChainError, Json, RpcTransportError
 from daemon.logs import get_logger
 
 _BALANCE_OF_HEX: Final = "0x" + function_selector("balanceOf(address)").hex()

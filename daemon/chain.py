@@ -42,11 +42,10 @@ import httpx
 import trio
 from eth_abi.abi import encode as abi_encode
 
-from daemon.abi import encode_call, function_selector, hex_bytes, hex_int, hex_of
+from daemon.abi import function_selector, hex_bytes, hex_int, hex_of
 from daemon.address import to_address
 from daemon.backoff import Backoff
 from daemon.chain_errors import (
-    KNOWN_CUSTOM_ERRORS,
     ChainError,
     ChainIdMismatch,
     Json,
@@ -54,44 +53,10 @@ from daemon.chain_errors import (
     RpcError,
     RpcTimeout,
     RpcTransportError,
-    decode_revert_reason,
     error_from_response,
 )
 from daemon.config import ChainConfig
-from daemon.signer import SignedTx, TxRequest, TxSigner
-
-__all__ = [
-    "KNOWN_CUSTOM_ERRORS",
-    "TRANSIENT_HTTP_STATUSES",
-    "TRANSIENT_RPC_CODES",
-    "Block",
-    "ChainClient",
-    "ChainError",
-    "ChainIdMismatch",
-    "FeeData",
-    "Json",
-    "Log",
-    "Receipt",
-    "RetryPolicy",
-    "Reverted",
-    "RpcCall",
-    "RpcError",
-    "RpcTimeout",
-    "RpcTransportError",
-    "SignedTx",
-    "TxRequest",
-    "TxSigner",
-    "decode_revert_reason",
-    "encode_call",
-    "erc20_decimals",
-    "error_from_response",
-    "function_selector",
-    "hex_bytes",
-    "hex_int",
-    "hex_of",
-    "parse_retry_after",
-]
-
+from daemon.signer import SignedTx
 
 # --- value types ----------------------------------------------------------------------------
 

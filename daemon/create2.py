@@ -21,7 +21,9 @@ import trio
 from eth_utils.crypto import keccak
 
 from daemon.address import to_address
-from daemon.chain import ChainClient, Reverted, TxRequest, TxSigner
+from daemon.chain import ChainClient
+from daemon.chain_errors import Reverted
+from daemon.signer import TxRequest, TxSigner
 
 PROXY: Final = "0x4e59b44847b379578588920cA78FbF26c0B4956C"
 """The deterministic-deployment proxy's address (the same on every chain that has it)."""

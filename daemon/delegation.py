@@ -38,8 +38,10 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils.crypto import keccak
 
+from daemon.abi import encode_call, hex_of
 from daemon.address import checked_address, to_address
-from daemon.chain import ChainClient, Reverted, encode_call, hex_of
+from daemon.chain import ChainClient
+from daemon.chain_errors import Reverted
 from daemon.config import DelegationConfig, Secret
 from daemon.uniswap import (
     APPROVE_SELECTOR,

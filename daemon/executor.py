@@ -52,7 +52,8 @@ from daemon.attempt import (
     planned_leg,
     purpose,
 )
-from daemon.chain import ChainClient, ChainError, Reverted, TxSigner
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError, Reverted
 from daemon.drift import from_base_units
 from daemon.executor_settings import ExecutorSettings
 from daemon.executor_status import ExecutorStatus
@@ -62,15 +63,15 @@ from daemon.logs import get_logger
 from daemon.messages import RebalanceOutcome, RebalanceRequest
 from daemon.planning import ModeSource, Planner, TokenSource
 from daemon.recovery import Recovery, revert_reason, until_stored
-from daemon.transactions import (
-    ChainNode,
+from daemon.signer import TxSigner
+from daemon.transactions import SignerTransactions
+from daemon.transactions_io import ChainNode, Node
+from daemon.transactions_values import (
     FeeAboveCeiling,
     LifecycleSettings,
-    Node,
     NonceSlot,
     Settled,
     SignerBlocked,
-    SignerTransactions,
     TxPlan,
 )
 from daemon.txbuild import Call

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from daemon.transactions import LifecycleSettings
+from daemon.transactions_values import LifecycleSettings
 
 if TYPE_CHECKING:
     from daemon.config import Config

@@ -34,8 +34,9 @@ import attrs
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
+from daemon.abi import encode_call, function_selector
 from daemon.address import to_address
-from daemon.chain import ChainClient, encode_call, function_selector
+from daemon.chain import ChainClient
 from daemon.delegation import Caveat, Delegation
 
 USD_DECIMALS: Final = 18

@@ -19,9 +19,11 @@ from typing import Final
 import attrs
 
 from daemon import db as dbm
+from daemon.abi import encode_call
 from daemon.address import to_address
 from daemon.authority import least_authority_problems
-from daemon.chain import ChainClient, ChainError, encode_call
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError
 from daemon.config import Config, DelegationConfig
 from daemon.delegation import (
     Delegation,

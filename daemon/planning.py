@@ -17,13 +17,16 @@ from typing import Any, Protocol
 
 import attrs
 
+from daemon.abi import encode_call
+from daemon.amm import deadline_from
 from daemon.attempt import Prepared, quote_deviation
-from daemon.chain import ChainClient, ChainError, encode_call
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError
 from daemon.drift import Leg
 from daemon.guard import PlannedSwap, guard_refusal
 from daemon.messages import RebalanceRequest, Token
 from daemon.txbuild import DelegationMode, ExecutionMode, SwapLeg
-from daemon.uniswap import Quote, UniswapV2, deadline_from
+from daemon.uniswap import Quote, UniswapV2
 
 
 class PlanSettings(Protocol):

@@ -28,7 +28,7 @@ import trio
 from structlog.typing import FilteringBoundLogger
 
 from daemon.backoff import Backoff
-from daemon.chain import ChainError
+from daemon.chain_errors import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.drift import (
     Decision,

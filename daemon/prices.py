@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 import attrs
 import trio
 
-from daemon.chain import ChainError
+from daemon.amm import InsufficientLiquidity, spot_price
+from daemon.chain_errors import ChainError
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.latest import Latest
 from daemon.logs import get_logger
 from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token
-from daemon.uniswap import InsufficientLiquidity, NoRoute, UniswapV2, spot_price
+from daemon.uniswap import NoRoute, UniswapV2
 
 if TYPE_CHECKING:
     from daemon.alerts import Alerter

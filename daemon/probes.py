@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 import attrs
 import trio
 
-from daemon.chain import ChainError
+from daemon.chain_errors import ChainError
 from daemon.cooldown import cooldown_remaining
 from daemon.db import DatabaseError
 from daemon.logs import get_logger

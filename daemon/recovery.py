@@ -22,10 +22,12 @@ import trio
 from daemon import db as dbm
 from daemon.attempt import attempt_outcome
 from daemon.backoff import Backoff
-from daemon.chain import ChainClient, ChainError
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError
 from daemon.executor_status import ExecutorStatus
 from daemon.faults import Faults
-from daemon.transactions import NonceSlot, SignerTransactions
+from daemon.transactions import SignerTransactions
+from daemon.transactions_values import NonceSlot
 
 STORE_RETRY_INITIAL: Final = 0.2
 STORE_RETRY_MAX: Final = 10.0

@@ -37,6 +37,7 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 
+from daemon.abi import encode_call, hex_bytes, hex_of
 from daemon.address import to_address
 from daemon.authority import (
     authority_of,
@@ -44,16 +45,8 @@ from daemon.authority import (
     least_authority_problems,
     nonce_problems,
 )
-from daemon.chain import (
-    ChainClient,
-    ChainError,
-    Reverted,
-    RpcTransportError,
-    TxSigner,
-    encode_call,
-    hex_bytes,
-    hex_of,
-)
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError, Reverted, RpcTransportError
 from daemon.config import Config, DelegationConfig
 from daemon.delegation import (
     Delegation,
@@ -65,6 +58,7 @@ from daemon.delegation import (
 )
 from daemon.guard import GuardTermsError, guard_terms_of
 from daemon.logs import get_logger
+from daemon.signer import TxSigner
 
 if TYPE_CHECKING:
     from daemon.db import Portfolio, Token

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from daemon.chain import hex_bytes
+from daemon.abi import hex_bytes
 
 SOLC_VERSION: Final = "0.8.37"
 """The solc-js release package.json pins (``solc.version()`` must start with it)."""

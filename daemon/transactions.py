@@ -61,9 +61,8 @@ from daemon.db import (
 )
 from daemon.logs import get_logger
 from daemon.signer import SignedTx, TxRequest, TxSigner
-from daemon.transactions_io import ChainNode, IntentStore, Node
+from daemon.transactions_io import IntentStore, Node
 from daemon.transactions_values import (
-    FeeAboveCeiling,
     LifecycleSettings,
     NodeView,
     NonceSlot,
@@ -77,27 +76,6 @@ from daemon.transactions_values import (
     replacement_due,
     replacement_fees,
 )
-
-__all__ = [
-    "CANCEL_GAS",
-    "RESEND_BACKOFF_MAX",
-    "STORE_RETRY_MAX",
-    "UNSENDABLE_AFTER",
-    "ChainNode",
-    "FeeAboveCeiling",
-    "IntentStore",
-    "LifecycleSettings",
-    "Node",
-    "NodeView",
-    "NonceSlot",
-    "Settled",
-    "SignerBlocked",
-    "SignerTransactions",
-    "TxOutcome",
-    "TxPlan",
-    "opening_fees",
-    "replacement_fees",
-]
 
 T = TypeVar("T")
 

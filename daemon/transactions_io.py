@@ -14,15 +14,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from daemon.chain import (
-    ChainClient,
-    FeeData,
-    Json,
-    Receipt,
-    RpcTransportError,
-    hex_int,
-    hex_of,
-)
+from daemon.abi import hex_int, hex_of
+from daemon.chain import ChainClient, FeeData, Receipt
+from daemon.chain_errors import Json, RpcTransportError
 from daemon.db import NewTxIntent, TxIntent, TxReceipt
 from daemon.transactions_values import NodeView
 

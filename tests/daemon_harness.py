@@ -22,9 +22,10 @@ import trio
 from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
+from daemon.amm import deadline_from
 from daemon.chain import ChainClient
-from daemon.cli import main as cli_main
-from daemon.cli_delegation import guard_terms
+from daemon.cli.delegation import guard_terms
+from daemon.cli.main import main as cli_main
 from daemon.config import Config, DatabaseConfig, GuardConfig, parse_config
 from daemon.delegation import (
     ROOT_AUTHORITY,
@@ -42,18 +43,13 @@ from daemon.delegation import (
     sign_delegation,
 )
 from daemon.devtools.demo_setup import write_toml as write_demo_toml
-from daemon.devtools.devnet import (
-    FEED_DECIMALS,
-    Devnet,
-    SmartAccount,
-    devnet_key,
-    fund,
-    set_eth_balance,
-)
+from daemon.devtools.devnet_anvil import set_eth_balance
+from daemon.devtools.devnet_deploy import fund
+from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, SmartAccount, devnet_key
 from daemon.drift import EngineParams, Holding, evaluate
 from daemon.guard import GuardToken, guard_caveat
 from daemon.txbuild import Call, SwapLeg, WalletMode
-from daemon.uniswap import UniswapV2, deadline_from
+from daemon.uniswap import UniswapV2
 
 TRADER = devnet_key("market trader")
 _salts = itertools.count(1000)
@@ -325,7 +321,7 @@ async def move_price(chain: ChainClient, devnet: Devnet, symbol: str, factor: De
 
 
 def _trader_address() -> str:
-    from daemon.chain import TxSigner
+    from daemon.signer import TxSigner
 
     return TxSigner(key=TRADER).address
 

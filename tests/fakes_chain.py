@@ -19,18 +19,11 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
+from daemon.abi import function_selector, hex_of
 from daemon.address import to_address
-from daemon.chain import (
-    Block,
-    ChainError,
-    FeeData,
-    Receipt,
-    Reverted,
-    RpcError,
-    RpcTransportError,
-    function_selector,
-    hex_of,
-)
+from daemon.amm import get_amounts_out
+from daemon.chain import Block, FeeData, Receipt
+from daemon.chain_errors import ChainError, Reverted, RpcError, RpcTransportError
 from daemon.db import (
     LIVE_INTENT_STATUSES,
     ConstraintViolation,
@@ -41,8 +34,9 @@ from daemon.db import (
     TxIntent,
     TxReceipt,
 )
-from daemon.transactions import CANCEL_GAS, NodeView
-from daemon.uniswap import NoRoute, Quote, get_amounts_out
+from daemon.transactions import CANCEL_GAS
+from daemon.transactions_values import NodeView
+from daemon.uniswap import NoRoute, Quote
 
 GWEI = 10**9
 CHAIN_ID = 31337

@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from daemon.chain import ChainClient, Receipt, RetryPolicy, TxRequest, TxSigner
+from daemon.chain import ChainClient, Receipt, RetryPolicy
 from daemon.config import Secret
-from daemon.devtools.devnet import Devnet, evm_revert, evm_snapshot, running_devnet
+from daemon.devtools.devnet import running_devnet
+from daemon.devtools.devnet_anvil import evm_revert, evm_snapshot
+from daemon.devtools.devnet_records import Devnet
+from daemon.signer import TxRequest, TxSigner
 from daemon.txbuild import Call
 
 

@@ -32,8 +32,9 @@ import attrs
 import pytest
 
 from daemon import db as dbm
+from daemon.abi import hex_int
 from daemon.address import to_address
-from daemon.chain import ChainClient, hex_int
+from daemon.chain import ChainClient
 
 REPORT_ENV = "TEST_RELIABILITY_REPORT"
 

@@ -19,11 +19,12 @@ import trio.testing
 from fakes_chain import FakeNode, FakeStore
 
 from daemon.attempt import attempt_outcome
-from daemon.chain import TxSigner
 from daemon.config import Secret
 from daemon.db import IntentPurpose, IntentStatus, TxIntent
 from daemon.portfolio import PortfolioState, failure_backoff, record_outcome
-from daemon.transactions import LifecycleSettings, SignerTransactions, TxPlan
+from daemon.signer import TxSigner
+from daemon.transactions import SignerTransactions
+from daemon.transactions_values import LifecycleSettings, TxPlan
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 SIGNER = "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"

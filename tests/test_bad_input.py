@@ -41,7 +41,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 
 pytestmark = [pytest.mark.bad_input, pytest.mark.chain]
 

@@ -12,8 +12,9 @@ import trio
 from eth_account import Account
 
 from daemon.balances import BalanceBatcher, BalanceReadError, BatcherStopped, BatchFailed
-from daemon.chain import ChainClient, ChainError, Json, RetryPolicy, Reverted, RpcTransportError
-from daemon.devtools.devnet import Devnet
+from daemon.chain import ChainClient, RetryPolicy
+from daemon.chain_errors import ChainError, Json, Reverted, RpcTransportError
+from daemon.devtools.devnet_records import Devnet
 
 pytestmark = pytest.mark.chain
 

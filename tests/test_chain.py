@@ -17,21 +17,20 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from fixtures_chain import send_call
 
-from daemon.chain import (
-    ChainClient,
+from daemon.abi import function_selector
+from daemon.chain import ChainClient, RetryPolicy, parse_retry_after
+from daemon.chain_errors import (
     ChainIdMismatch,
-    RetryPolicy,
     Reverted,
     RpcError,
     RpcTimeout,
     RpcTransportError,
     decode_revert_reason,
     error_from_response,
-    function_selector,
-    parse_retry_after,
 )
 from daemon.config import ChainConfig
-from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
+from daemon.devtools.devnet_anvil import evm_increase_time, evm_mine
+from daemon.devtools.devnet_records import Devnet
 from daemon.txbuild import Call
 from daemon.uniswap import encode_approve
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon import cli_db, cli_portfolio, exitcodes
-from daemon.cli_db_common import parse_address
+from daemon import exitcodes
+from daemon.cli import db as cli_db
+from daemon.cli import portfolio as cli_portfolio
+from daemon.cli.db_common import parse_address
 from daemon.config import Config, DatabaseConfig, parse_config
 from daemon.db import ConstraintViolation, Token, load_migrations
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 from daemon.devtools.pgserver import free_port
 from daemon.registration import InputError
 

@@ -11,7 +11,7 @@ import pytest
 from eth_utils import is_checksum_address
 
 from daemon import configdoc
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.config import (
     Config,
     ConfigError,

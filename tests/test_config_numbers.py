@@ -20,7 +20,7 @@ import pytest
 from reliability import BadInput
 
 from daemon import exitcodes
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.config import ConfigError, apply_runtime_params, parse_config
 
 ROUTER = "0x7a250d5630B4cF539739dF2C5dAcb4c659F2488D"  # Uniswap V2 Router02, checksummed

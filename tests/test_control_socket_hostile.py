@@ -41,7 +41,7 @@ from reliability import BadInput
 from structlog.testing import capture_logs
 from test_health import FakeControls, Running, serving
 
-from daemon import cli
+from daemon.cli.main import main as cli
 from daemon.config import DatabaseConfig
 from daemon.control_protocol import (
     COMMANDS,
@@ -50,7 +50,7 @@ from daemon.control_protocol import (
     MAX_NUMBER,
     MAX_READ_ONLY_LINE,
 )
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 from daemon.health import (
     MAX_CONNECTIONS,
     RESERVED_CONNECTIONS,

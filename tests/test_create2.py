@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from daemon import solidity
-from daemon.chain import ChainClient, TxSigner
-from daemon.cli import main
+from daemon.chain import ChainClient
+from daemon.cli.main import main
 from daemon.create2 import (
     GUARD_CONTRACT,
     GUARD_SALT,
@@ -18,7 +18,9 @@ from daemon.create2 import (
     create2_address,
     deploy,
 )
-from daemon.devtools.devnet import Devnet, load_artifacts
+from daemon.devtools.devnet_artifacts import load_artifacts
+from daemon.devtools.devnet_records import Devnet
+from daemon.signer import TxSigner
 
 pytestmark = pytest.mark.chain
 

@@ -39,16 +39,12 @@ from http_server import Request, Response, loopback_http
 
 from daemon import db as dbm
 from daemon.app import Daemon, run_daemon
-from daemon.chain import ChainClient, TxRequest, TxSigner
+from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
-from daemon.devtools.devnet import (
-    Devnet,
-    SmartAccount,
-    create_smart_account,
-    devnet_key,
-    evm_mine,
-    evm_set_automine,
-)
+from daemon.devtools.devnet_anvil import evm_mine, evm_set_automine
+from daemon.devtools.devnet_deploy import create_smart_account
+from daemon.devtools.devnet_records import Devnet, SmartAccount, devnet_key
+from daemon.signer import TxRequest, TxSigner
 from daemon.uniswap import UniswapV2
 
 TARGETS = {"USDC": "0.5", "WBTC": "0.3", "WETH": "0.2"}

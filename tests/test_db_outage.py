@@ -28,7 +28,7 @@ from daemon.app import Daemon
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 from daemon.devtools.pgserver import PostgresServer
 from daemon.retry import retry_database
 

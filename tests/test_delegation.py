@@ -21,13 +21,15 @@ from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
 from daemon import exitcodes
+from daemon.abi import encode_call
 from daemon.address import to_address
+from daemon.amm import deadline_from
 from daemon.authority import (
     least_authority_problems,
     nonce_problems,
 )
-from daemon.chain import ChainClient, encode_call
-from daemon.cli_delegation import GuardEntry, register
+from daemon.chain import ChainClient
+from daemon.cli.delegation import GuardEntry, register
 from daemon.config import Config, DelegationConfig, GuardConfig, Secret, Secrets
 from daemon.delegation import (
     ROOT_AUTHORITY,
@@ -54,17 +56,11 @@ from daemon.delegation import (
     timestamp_terms,
     value_lte_terms,
 )
-from daemon.devtools.devnet import (
-    Devnet,
-    SmartAccount,
-    devnet_key,
-    evm_increase_time,
-    evm_mine,
-    set_eth_balance,
-)
+from daemon.devtools.devnet_anvil import evm_increase_time, evm_mine, set_eth_balance
+from daemon.devtools.devnet_records import Devnet, SmartAccount, devnet_key
 from daemon.guard import GuardTerms, GuardToken, guard_caveat, usd
 from daemon.txbuild import Call, DelegationMode, SwapLeg
-from daemon.uniswap import UniswapV2, deadline_from, encode_approve
+from daemon.uniswap import UniswapV2, encode_approve
 
 pytestmark = pytest.mark.chain
 

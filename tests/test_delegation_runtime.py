@@ -30,7 +30,8 @@ from daemon.delegation import (
     build_portfolio_delegations,
     sign_delegation,
 )
-from daemon.devtools.devnet import Devnet, set_feed_price
+from daemon.devtools.devnet_deploy import set_feed_price
+from daemon.devtools.devnet_records import Devnet
 
 
 async def _setup(

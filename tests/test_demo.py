@@ -6,7 +6,7 @@ a summary, exit 0 — and afterwards no process it started (anvil, PostgreSQL an
 no port it listened on and no temporary directory left, whether it ended by itself, by a
 terminal's Ctrl-C (SIGINT to the whole process group) or by SIGTERM.
 
-Until ``daemon/cli.py`` registers the subcommand, the demo runs as ``python -m daemon.cli_demo``
+Until ``daemon/cli.py`` registers the subcommand, the demo runs as ``python -m daemon.cli.demo``
 (the same handler); once it does, as ``python -m daemon demo``.
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 
 from daemon import exitcodes
+from daemon.amm import get_amount_out
 from daemon.devtools.demo import DemoOptions, run
 from daemon.devtools.demo_setup import portfolio_plans
 from daemon.devtools.demo_stats import RebalanceEvent, leg_slippages, summarize
 from daemon.devtools.market import RandomWalk, WalkParams, amount_to_move
-from daemon.uniswap import get_amount_out
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = "3"
@@ -44,7 +44,7 @@ TX_HASH = re.compile(r"^0x[0-9a-f]{64}$")
 
 
 def demo_command(*args: str) -> list[str]:
-    from daemon.cli import build_parser
+    from daemon.cli.main import build_parser
 
     parser = build_parser()
     wired = any(
@@ -52,7 +52,7 @@ def demo_command(*args: str) -> list[str]:
         for action in parser._actions
         if action.dest == "command"
     )
-    entry = ["-m", "daemon", "demo"] if wired else ["-m", "daemon.cli_demo"]
+    entry = ["-m", "daemon", "demo"] if wired else ["-m", "daemon.cli.demo"]
     return [sys.executable, *entry, *args]
 
 
@@ -295,7 +295,7 @@ def test_without_postgresql_the_demo_says_how_to_install_it(
 def test_the_subcommand_parses_its_options() -> None:
     import argparse
 
-    from daemon.cli_demo import register
+    from daemon.cli.demo import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -439,8 +439,8 @@ async def test_the_market_moves_the_feeds_with_the_pools(chain: Any, devnet: Any
     a new round for every feed (so none goes stale in a long demo)."""
     import trio
 
-    from daemon.chain import encode_call
-    from daemon.devtools.devnet import FEED_DECIMALS, devnet_key
+    from daemon.abi import encode_call
+    from daemon.devtools.devnet_records import FEED_DECIMALS, devnet_key
     from daemon.devtools.market import Step, Trader
 
     async def answer(symbol: str) -> tuple[int, int]:

@@ -9,21 +9,19 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon.abi import encode_call
 from daemon.address import to_address
-from daemon.chain import ChainClient, encode_call, erc20_decimals
-from daemon.devtools.devnet import (
-    Devnet,
-    NpmPackagesMissing,
-    anvil_executable,
-    create_address,
+from daemon.chain import ChainClient, erc20_decimals
+from daemon.devtools.devnet_anvil import (
     evm_mine,
     evm_revert,
     evm_set_automine,
     evm_snapshot,
-    fund,
     launch_anvil,
-    load_artifacts,
 )
+from daemon.devtools.devnet_artifacts import NpmPackagesMissing, anvil_executable, load_artifacts
+from daemon.devtools.devnet_deploy import create_address, fund
+from daemon.devtools.devnet_records import Devnet
 
 pytestmark = pytest.mark.chain
 

@@ -30,7 +30,6 @@ from fakes_store import FakeDatabase
 from schema_defaults import holder
 
 from daemon.address import to_address
-from daemon.chain import TxSigner
 from daemon.config import Secret
 from daemon.db import RebalanceOutcome as RowOutcome
 from daemon.db import TxIntent
@@ -40,6 +39,7 @@ from daemon.executor import Executor
 from daemon.guard import GuardBound, GuardTerms, GuardToken, usd
 from daemon.live_config import ConfigHolder
 from daemon.messages import RebalanceOutcome, RebalanceRequest, Token
+from daemon.signer import TxSigner
 from daemon.txbuild import DelegationMode, ExecutionMode, WalletMode
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

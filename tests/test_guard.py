@@ -24,17 +24,11 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from fixtures_chain import send_call
 
+from daemon.abi import encode_call, function_selector, hex_bytes
 from daemon.address import to_address
-from daemon.chain import (
-    ChainClient,
-    Receipt,
-    Reverted,
-    TxSigner,
-    decode_revert_reason,
-    encode_call,
-    function_selector,
-    hex_bytes,
-)
+from daemon.amm import deadline_from
+from daemon.chain import ChainClient, Receipt
+from daemon.chain_errors import Reverted, decode_revert_reason
 from daemon.config import GuardConfig
 from daemon.delegation import (
     SINGLE_DEFAULT_MODE,
@@ -50,22 +44,21 @@ from daemon.delegation import (
     permission_context,
     sign_delegation,
 )
-from daemon.devtools.devnet import (
-    FEED_DECIMALS,
-    Devnet,
-    SmartAccount,
-    create_address,
-    devnet_key,
+from daemon.devtools.devnet_anvil import (
     evm_increase_time,
     evm_mine,
     evm_revert,
     evm_snapshot,
-    feed_answer,
-    fund,
-    load_artifacts,
-    refresh_feeds,
     set_eth_balance,
-    set_feed_price,
+)
+from daemon.devtools.devnet_artifacts import load_artifacts
+from daemon.devtools.devnet_deploy import create_address, fund, refresh_feeds, set_feed_price
+from daemon.devtools.devnet_records import (
+    FEED_DECIMALS,
+    Devnet,
+    SmartAccount,
+    devnet_key,
+    feed_answer,
 )
 from daemon.guard import (
     GuardTerms,
@@ -82,9 +75,10 @@ from daemon.guard import (
     period_loss,
     usd,
 )
+from daemon.signer import TxSigner
 from daemon.solidity import SOLC_VERSION, _run_solc, contract_sources, project_root
 from daemon.txbuild import Call, DelegationMode, SwapLeg, WalletMode
-from daemon.uniswap import UniswapV2, deadline_from, encode_approve
+from daemon.uniswap import UniswapV2, encode_approve
 
 pytestmark = pytest.mark.chain
 

@@ -26,7 +26,7 @@ from daemon.db import (
 
 _MIGRATE_SCRIPT = (
     "import argparse, sys\n"
-    "from daemon import cli_db\n"
+    "from daemon.cli import db as cli_db\n"
     "from daemon.config import load_config\n"
     "sys.exit(cli_db.cmd_migrate(argparse.Namespace(json=False), load_config(None)))\n"
 )

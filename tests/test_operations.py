@@ -29,13 +29,9 @@ from daemon import db as dbm
 from daemon.app import Daemon, serve
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig, load_config
-from daemon.devtools.devnet import (
-    Devnet,
-    create_smart_account,
-    devnet_key,
-    evm_mine,
-    evm_set_automine,
-)
+from daemon.devtools.devnet_anvil import evm_mine, evm_set_automine
+from daemon.devtools.devnet_deploy import create_smart_account
+from daemon.devtools.devnet_records import Devnet, devnet_key
 
 
 async def test_sighup_applies_a_new_threshold_and_survives_a_bad_file(

@@ -38,7 +38,8 @@ from daemon.chain import ChainClient, RetryPolicy
 from daemon.coingecko import CoinGeckoSource, PriceSourceError, RateLimited
 from daemon.config import Config, DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devtools.devnet import Devnet, evm_increase_time, evm_mine
+from daemon.devtools.devnet_anvil import evm_increase_time, evm_mine
+from daemon.devtools.devnet_records import Devnet
 from daemon.drift import Holding, evaluate
 from daemon.latest import Latest
 from daemon.messages import NoPrices, PricePoint, PriceSnapshot, PriceSourceName, Token

@@ -33,7 +33,8 @@ from daemon import db as dbm
 from daemon.attempt import quote_deviation
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
-from daemon.devtools.devnet import Devnet, fund
+from daemon.devtools.devnet_deploy import fund
+from daemon.devtools.devnet_records import Devnet
 from daemon.drift import Leg
 from daemon.messages import Token
 

@@ -29,7 +29,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devtools.devnet import Devnet, SmartAccount, devnet_key
+from daemon.devtools.devnet_records import Devnet, SmartAccount, devnet_key
 from daemon.registration import one_actor_per_account, portfolios_to_hold
 
 

@@ -61,20 +61,20 @@ from test_daemon import TARGETS, TOTAL_USD, running_daemon, setup_portfolio
 
 from daemon import db as dbm
 from daemon import probes
-from daemon.chain import ChainClient, TxSigner, hex_int
+from daemon.abi import hex_int
+from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig, Secret
 from daemon.control import DaemonControls
 from daemon.delegation import dump_delegation_file
-from daemon.devtools.devnet import (
-    Devnet,
-    SmartAccount,
-    devnet_key,
+from daemon.devtools.devnet_anvil import (
     evm_increase_time,
     evm_mine,
     evm_set_automine,
     set_eth_balance,
 )
+from daemon.devtools.devnet_records import Devnet, SmartAccount, devnet_key
 from daemon.devtools.pgserver import PostgresServer
+from daemon.signer import TxSigner
 
 pytestmark = pytest.mark.reliability
 

@@ -47,17 +47,19 @@ from rpc_proxy import (
 from test_daemon import coingecko_from_pools, running_daemon, setup_portfolio
 
 from daemon import db as dbm
+from daemon.abi import hex_int
 from daemon.app import Daemon
-from daemon.chain import ChainClient, TxRequest, TxSigner, hex_int
+from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
 from daemon.control import DaemonControls
-from daemon.devtools.devnet import (
-    Devnet,
+from daemon.devtools.devnet_anvil import (
     evm_increase_time,
     evm_mine,
     evm_set_automine,
     set_eth_balance,
 )
+from daemon.devtools.devnet_records import Devnet
+from daemon.signer import TxRequest, TxSigner
 
 pytestmark = [pytest.mark.reliability, pytest.mark.chain, pytest.mark.db]
 __all__ = ["coingecko_from_pools"]  # a fixture of test_daemon's, used here too

@@ -25,21 +25,13 @@ from rpc_proxy import (
     rpc_proxy,
 )
 
-from daemon.chain import (
-    ChainClient,
-    ChainIdMismatch,
-    RetryPolicy,
-    RpcError,
-    RpcTimeout,
-    RpcTransportError,
-    SignedTx,
-    TxRequest,
-    TxSigner,
-    hex_int,
-    hex_of,
-)
+from daemon.abi import hex_int, hex_of
+from daemon.chain import ChainClient, RetryPolicy
+from daemon.chain_errors import ChainIdMismatch, RpcError, RpcTimeout, RpcTransportError
 from daemon.config import ChainConfig, Secret
-from daemon.devtools.devnet import Devnet, devnet_key, evm_mine, evm_set_automine, set_eth_balance
+from daemon.devtools.devnet_anvil import evm_mine, evm_set_automine, set_eth_balance
+from daemon.devtools.devnet_records import Devnet, devnet_key
+from daemon.signer import SignedTx, TxRequest, TxSigner
 
 SENDER = devnet_key("rpc proxy sender")
 

@@ -35,8 +35,8 @@ from rpc_proxy import rpc_proxy
 from test_daemon import COINGECKO_IDS, TARGETS, setup_portfolio
 
 from daemon import db as dbm
-from daemon.chain import ChainClient, TxSigner
-from daemon.cli import main
+from daemon.chain import ChainClient
+from daemon.cli.main import main
 from daemon.config import (
     ConfigError,
     DatabaseConfig,
@@ -45,8 +45,9 @@ from daemon.config import (
     mask_url,
     parse_config,
 )
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 from daemon.devtools.pgserver import PostgresServer
+from daemon.signer import TxSigner
 from daemon.uniswap import UniswapV2
 
 

@@ -18,7 +18,7 @@ from test_daemon import finished_rows, setup_portfolio, wait_for
 from daemon import db as dbm
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 
 
 class SystemdHarness:
@@ -125,7 +125,7 @@ async def _cli_to_file(argv: list[str], config: Path, env: dict[str, str], out: 
         import contextlib
         import io
 
-        from daemon.cli import main
+        from daemon.cli.main import main
 
         buffer = io.StringIO()
         saved = dict(os.environ)

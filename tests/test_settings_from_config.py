@@ -21,7 +21,7 @@ from daemon.executor_settings import ExecutorSettings
 from daemon.portfolio import RuntimeParams
 from daemon.prices import FeedSettings
 from daemon.supervise import RestartPolicy
-from daemon.transactions import LifecycleSettings
+from daemon.transactions_values import LifecycleSettings
 
 CONFIG = config(
     rebalance={

@@ -217,7 +217,7 @@ _CHILD = textwrap.dedent(
     import asyncio, functools, json, ssl, tempfile
     import trio
     import asyncpg, httpx
-    import daemon.app, daemon.cli, daemon.health, daemon.metrics, daemon.systemd
+    import daemon.app, daemon.cli.main, daemon.health, daemon.metrics, daemon.systemd
     from daemon.chain import TxRequest, TxSigner
     from daemon.config import Secret
 
@@ -235,13 +235,13 @@ _CHILD = textwrap.dedent(
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.health.serve_health, path, Controls())
             reply = await trio.to_thread.run_sync(
-                daemon.cli_control.request, path, {"cmd": "metrics"}, 5.0)
+                daemon.cli.control.request, path, {"cmd": "metrics"}, 5.0)
             assert reply["ok"], reply
             async with httpx.AsyncClient() as client:
                 pass
             nursery.cancel_scope.cancel()
 
-    import daemon.cli_control
+    import daemon.cli.control
     trio.run(serve_and_ask)
 
     async def asyncio_loop():

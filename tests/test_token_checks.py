@@ -38,7 +38,7 @@ from daemon import db as dbm
 from daemon import exitcodes
 from daemon.address import to_address
 from daemon.chain import ChainClient
-from daemon.cli_delegation import guard_terms
+from daemon.cli.delegation import guard_terms
 from daemon.config import DatabaseConfig, GuardConfig
 from daemon.delegation import (
     DelegationDomain,
@@ -46,7 +46,7 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devtools.devnet import FEED_DECIMALS, Devnet, DevnetToken, SmartAccount
+from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, DevnetToken, SmartAccount
 from daemon.guard import GuardToken, guard_caveat
 
 DATA = exitcodes.DATA_ERROR

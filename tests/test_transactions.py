@@ -20,15 +20,8 @@ import trio.testing
 from fakes_chain import CHAIN_ID, EPOCH, GWEI, FakeNode, FakeStore, rpc_error, transport_error
 
 from daemon.address import to_address
-from daemon.chain import (
-    ChainError,
-    FeeData,
-    RpcError,
-    RpcTimeout,
-    RpcTransportError,
-    TxRequest,
-    TxSigner,
-)
+from daemon.chain import FeeData
+from daemon.chain_errors import ChainError, RpcError, RpcTimeout, RpcTransportError
 from daemon.config import Secret
 from daemon.db import (
     ConstraintViolation,
@@ -37,15 +30,14 @@ from daemon.db import (
     NewTxIntent,
     TxIntent,
 )
-from daemon.transactions import (
-    CANCEL_GAS,
-    UNSENDABLE_AFTER,
+from daemon.signer import TxRequest, TxSigner
+from daemon.transactions import CANCEL_GAS, UNSENDABLE_AFTER, SignerTransactions
+from daemon.transactions_values import (
     FeeAboveCeiling,
     LifecycleSettings,
     NonceSlot,
     Settled,
     SignerBlocked,
-    SignerTransactions,
     TxPlan,
     opening_fees,
     replacement_fees,

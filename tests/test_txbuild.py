@@ -10,7 +10,9 @@ import trio
 from eth_abi.abi import decode as abi_decode
 from fixtures_chain import send_call
 
-from daemon.chain import ChainClient, function_selector
+from daemon.abi import function_selector
+from daemon.amm import deadline_from
+from daemon.chain import ChainClient
 from daemon.config import DelegationConfig
 from daemon.delegation import (
     Delegation,
@@ -18,7 +20,8 @@ from daemon.delegation import (
     build_portfolio_delegations,
     sign_delegation,
 )
-from daemon.devtools.devnet import Devnet, fund
+from daemon.devtools.devnet_deploy import fund
+from daemon.devtools.devnet_records import Devnet
 from daemon.txbuild import (
     MAX_ALLOWANCE,
     DelegationMode,
@@ -27,7 +30,7 @@ from daemon.txbuild import (
     WalletMode,
     approvals,
 )
-from daemon.uniswap import APPROVE_SELECTOR, UniswapV2, deadline_from
+from daemon.uniswap import APPROVE_SELECTOR, UniswapV2
 
 ACCOUNT = "0x1111111111111111111111111111111111111111"
 ROUTER = "0x3333333333333333333333333333333333333333"

@@ -12,21 +12,25 @@ from fixtures_chain import send_call
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.chain import ChainClient, Reverted
-from daemon.devtools.devnet import Devnet, fund
-from daemon.txbuild import Call, SwapLeg, WalletMode
-from daemon.uniswap import (
-    APPROVE_SELECTOR,
-    SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR,
+from daemon.amm import (
     InsufficientLiquidity,
-    UniswapV2,
     amount_out_min,
     deadline_from,
-    encode_swap_exact_tokens_for_tokens,
     get_amount_out,
     get_amounts_out,
     price_impact,
     spot_price,
+)
+from daemon.chain import ChainClient
+from daemon.chain_errors import Reverted
+from daemon.devtools.devnet_deploy import fund
+from daemon.devtools.devnet_records import Devnet
+from daemon.txbuild import Call, SwapLeg, WalletMode
+from daemon.uniswap import (
+    APPROVE_SELECTOR,
+    SWAP_EXACT_TOKENS_FOR_TOKENS_SELECTOR,
+    UniswapV2,
+    encode_swap_exact_tokens_for_tokens,
 )
 
 # --- pure -------------------------------------------------------------------------------------

@@ -7,6 +7,6 @@ the Delegation Framework, driftd's guard), a market simulator that moves prices 
 (:mod:`daemon.devtools.demo` with its setup, monitor, statistics and view).
 
 The production daemon never imports this package: the one exception is ``driftd demo``
-(:mod:`daemon.cli_demo`), which imports it lazily, inside the command, so that ``driftd run`` and
+(:mod:`daemon.cli.demo`), which imports it lazily, inside the command, so that ``driftd run`` and
 every other command load none of it.
 """

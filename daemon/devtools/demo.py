@@ -68,8 +68,9 @@ from daemon.devtools.demo_setup import (
 )
 from daemon.devtools.demo_stats import StartedInfo, Summary, summarize
 from daemon.devtools.demo_view import JsonLinesReporter, Reporter, RichReporter
-from daemon.devtools.devnet import DevnetError, project_root
+from daemon.devtools.devnet_artifacts import DevnetError
 from daemon.devtools.market import MarketError, RandomWalk, WalkParams, run_market
+from daemon.solidity import project_root
 
 TEARDOWN_SECONDS: Final = 30.0
 """Upper bound on closing connections during teardown (processes are then killed anyway)."""

@@ -18,6 +18,7 @@ import trio
 
 from daemon.abi import encode_call, function_selector
 from daemon.address import to_address
+from daemon.amm import spot_price as pool_spot_price
 from daemon.app import Daemon
 from daemon.cooldown import cooldown_remaining
 from daemon.db import RebalanceLogEntry
@@ -31,11 +32,10 @@ from daemon.devtools.demo_stats import (
     mean,
 )
 from daemon.devtools.demo_view import Reporter, describe_move
-from daemon.devtools.devnet import Devnet
+from daemon.devtools.devnet_records import Devnet
 from daemon.devtools.market import MarketError, PriceMove
 from daemon.drift import EngineParams, Holding, InvalidPortfolio, NoRebalance, evaluate
 from daemon.uniswap import sort_tokens
-from daemon.uniswap import spot_price as pool_spot_price
 
 MONITOR_SECONDS: Final = 0.5
 """How often the view is refreshed and rebalance_log is read."""

@@ -25,7 +25,7 @@ import trio
 
 from daemon import exitcodes
 from daemon.chain import ChainClient
-from daemon.cli_delegation import guard_terms
+from daemon.cli.delegation import guard_terms
 from daemon.config import Config, ConfigError, parse_config
 from daemon.db import Database, open_database
 from daemon.delegation import (
@@ -38,17 +38,10 @@ from daemon.delegation import (
 from daemon.devtools import pgserver
 from daemon.devtools.demo_stats import DemoPortfolio
 from daemon.devtools.demo_view import Reporter
-from daemon.devtools.devnet import (
-    FEED_DECIMALS,
-    Devnet,
-    NpmPackagesMissing,
-    anvil_executable,
-    create_smart_account,
-    devnet_key,
-    fund,
-    load_artifacts,
-    open_devnet,
-)
+from daemon.devtools.devnet import open_devnet
+from daemon.devtools.devnet_artifacts import NpmPackagesMissing, anvil_executable, load_artifacts
+from daemon.devtools.devnet_deploy import create_smart_account, fund
+from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, devnet_key
 from daemon.devtools.market import Trader
 from daemon.guard import GuardToken, guard_caveat
 from daemon.logs import configure_logging

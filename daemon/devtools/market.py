@@ -36,16 +36,14 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from daemon.amm import deadline_from
 from daemon.chain import ChainClient
 from daemon.config import Secret
-from daemon.devtools.devnet import Devnet, DevnetToken, fund, set_eth_balance, set_feed_price
+from daemon.devtools.devnet_anvil import set_eth_balance
+from daemon.devtools.devnet_deploy import fund, set_feed_price
+from daemon.devtools.devnet_records import Devnet, DevnetToken
 from daemon.signer import TxRequest, TxSigner
-from daemon.uniswap import (
-    UniswapV2,
-    deadline_from,
-    encode_approve,
-    encode_swap_exact_tokens_for_tokens,
-)
+from daemon.uniswap import UniswapV2, encode_approve, encode_swap_exact_tokens_for_tokens
 
 SWAP_GAS: Final = 250_000
 """Gas limit of one single-hop swap (uses ~100k; no estimate round trip)."""

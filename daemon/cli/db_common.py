@@ -1,4 +1,4 @@
-"""What the registry commands (:mod:`daemon.cli_db`, :mod:`daemon.cli_portfolio`) share.
+"""What the registry commands (:mod:`daemon.cli.db`, :mod:`daemon.cli.portfolio`) share.
 
 Running a command against the database and mapping every failure to its exit code (a problem
 with the input 65, an unreachable database or chain 69, a schema older or newer than this driftd
@@ -16,7 +16,7 @@ import trio
 
 from daemon import exitcodes
 from daemon.address import checked_address
-from daemon.chain import ChainError, ChainIdMismatch
+from daemon.chain_errors import ChainError, ChainIdMismatch
 from daemon.config import Config
 from daemon.db import (
     ConstraintViolation,

@@ -25,9 +25,11 @@ from typing import Any
 import trio
 
 from daemon import exitcodes
-from daemon.chain import ChainClient, ChainError, ChainIdMismatch, TxSigner
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError, ChainIdMismatch
 from daemon.config import Config
 from daemon.create2 import GUARD_CONTRACT, GUARD_SALT, PROXY, Create2Error, create2_address, deploy
+from daemon.signer import TxSigner
 from daemon.solidity import CompilerMissing, SolidityError, creation_code
 
 

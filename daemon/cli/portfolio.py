@@ -1,7 +1,7 @@
 """``driftd portfolio add|list|show|deactivate``: register and inspect portfolios.
 
 Input is validated before any I/O and every problem names what is wrong (exit 65); how the
-commands run and fail is :mod:`daemon.cli_db_common`. ``portfolio add`` refuses a second active
+commands run and fail is :mod:`daemon.cli.db_common`. ``portfolio add`` refuses a second active
 portfolio on one account (the database refuses it too: migration 0005).
 
 The delegation file is checked for *shape* here (a JSON array of signed delegations in the
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from daemon import exitcodes
-from daemon.cli_db_common import fail, parse_address, print_json, table, with_database
+from daemon.cli.db_common import fail, parse_address, print_json, table, with_database
 from daemon.config import Config
 from daemon.db import ConstraintViolation, Database, Portfolio, Token
 from daemon.registration import InputError, VerifierUnavailable
 
 if TYPE_CHECKING:
-    from daemon.cli import Subparsers
+    from daemon.cli.main import Subparsers
 
 DelegationVerifier = Callable[
     [list[dict[str, Any]], str, Config, Sequence[Token], Collection[str]], None

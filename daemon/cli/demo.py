@@ -3,7 +3,7 @@
 The demo itself is :mod:`daemon.devtools.demo`, imported only when the command runs, so the rest
 of the CLI and the daemon load none of the demo tooling.
 
-``python -m daemon.cli_demo [options]`` runs the same handler without the rest of the CLI.
+``python -m daemon.cli.demo [options]`` runs the same handler without the rest of the CLI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from daemon.config import Config
 
 if TYPE_CHECKING:
-    from daemon.cli import Subparsers
+    from daemon.cli.main import Subparsers
 
 MAX_DURATION = 24 * 3600.0
 
@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m daemon.cli_demo``: the demo without the rest of the CLI."""
+    """``python -m daemon.cli.demo``: the demo without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="driftd demo", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)

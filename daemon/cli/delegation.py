@@ -32,13 +32,15 @@ import attrs
 import trio
 
 from daemon import exitcodes
+from daemon.abi import encode_call
 from daemon.address import checked_address, to_address
 from daemon.authority import (
     kind_of,
     least_authority_problems,
     nonce_problems,
 )
-from daemon.chain import ChainClient, ChainError, ChainIdMismatch, Reverted, TxSigner, encode_call
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError, ChainIdMismatch, Reverted
 from daemon.config import Config, GuardConfig
 from daemon.delegation import (
     Caveat,
@@ -53,6 +55,7 @@ from daemon.delegation import (
 )
 from daemon.guard import GuardTerms, GuardToken, guard_caveat, usd
 from daemon.registration import feed_decimal_problems
+from daemon.signer import TxSigner
 
 TokenLookup = Callable[[str], str | None]
 """Symbol → token address, or None when unknown."""

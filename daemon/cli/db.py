@@ -1,10 +1,10 @@
 """``driftd migrate``, ``driftd token add|list``, and the ``driftd portfolio`` commands.
 
-The commands that work on the registry live here and in :mod:`daemon.cli_portfolio` (the
+The commands that work on the registry live here and in :mod:`daemon.cli.portfolio` (the
 portfolio commands), next to nothing else, so the CLI core stays small. Input is validated
 before any I/O and every problem names what is wrong (exit 65); an unreachable database or chain
 exits 69; a schema older than this driftd (``driftd migrate`` not run) or newer, or a node on
-another chain, exits 78 (:mod:`daemon.cli_db_common`).
+another chain, exits 78 (:mod:`daemon.cli.db_common`).
 
 What is registered must be what is on chain (issue 12): addresses with a wrong EIP-55 checksum
 and the zero address are refused; ``token add`` reads the token's code, ``decimals()`` and
@@ -25,14 +25,14 @@ import sys
 from typing import TYPE_CHECKING, Any, Final
 
 from daemon import exitcodes
-from daemon.cli_db_common import fail, parse_address, print_json, table, with_database
-from daemon.cli_portfolio import DelegationVerifier, register_portfolio
+from daemon.cli.db_common import fail, parse_address, print_json, table, with_database
+from daemon.cli.portfolio import DelegationVerifier, register_portfolio
 from daemon.config import Config
 from daemon.db import Database, Token
 from daemon.registration import MAX_DECIMALS, InputError, check_token_on_chain
 
 if TYPE_CHECKING:
-    from daemon.cli import Subparsers
+    from daemon.cli.main import Subparsers
 
 _SYMBOL_RE: Final = re.compile(r"^[A-Za-z0-9._+-]{1,32}$")
 

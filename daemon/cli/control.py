@@ -29,7 +29,7 @@ from daemon import exitcodes
 from daemon.config import Config
 
 if TYPE_CHECKING:
-    from daemon.cli import Subparsers
+    from daemon.cli.main import Subparsers
 
 STATUS_OK: Final = 0
 STATUS_PROBLEM: Final = 1
