@@ -26,3 +26,10 @@ drift.TokenDrift.target_weight
 _.caption
 _.protocol_version
 _.daemon_threads
+
+# The backtest's figures are read by name (attrs.asdict for JSON, the table's column list).
+_.initial_value_usd
+_.final_value_usd
+_.mean_drift_pct
+_.max_drift_pct
+_.volatility_pct
