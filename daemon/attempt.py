@@ -108,7 +108,7 @@ def attempt_outcome(
     intents: Sequence[dbm.TxIntent],
     *,
     stopped: str | None = None,
-) -> dbm.RebalanceOutcome:
+) -> dbm.FinishedAttempt:
     """The truthful terminal status of an attempt, from its recorded intents alone.
 
     SUCCESS iff every planned transaction was mined successfully; PARTIAL iff some swap was and
@@ -135,12 +135,12 @@ def attempt_outcome(
     if stopped is not None:
         problems.append(stopped)
     if planned_txs is not None and len(succeeded) == planned_txs and planned_txs > 0:
-        return dbm.RebalanceOutcome(status="SUCCESS", transaction_hash=last_hash, **gas)  # type: ignore[arg-type]
+        return dbm.FinishedAttempt(status="SUCCESS", transaction_hash=last_hash, **gas)  # type: ignore[arg-type]
     if planned_txs is None and mined:
         problems.append("recorded before attempts stored their plan: check the swaps on chain")
     if swaps_done > 0:
         done = f"{swaps_done} of {planned_swap_txs if planned_swap_txs is not None else '?'}"
-        return dbm.RebalanceOutcome(
+        return dbm.FinishedAttempt(
             status="PARTIAL",
             transaction_hash=last_hash,
             error="; ".join([f"only {done} swap transactions were mined", *problems]),
@@ -148,7 +148,7 @@ def attempt_outcome(
         )
     if not mined and not problems:
         problems.append("interrupted before any transaction was mined; nothing was traded")
-    return dbm.RebalanceOutcome(
+    return dbm.FinishedAttempt(
         status="FAILED",
         transaction_hash=last_hash,
         error="; ".join(problems) or "no swap was mined; nothing was traded",

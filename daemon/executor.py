@@ -101,7 +101,7 @@ class OutcomeListener(Protocol):
     :class:`daemon.portfolio_supervisor.PortfolioSupervisor`: cooldown, backoff, metrics)."""
 
     def rebalance_finished(
-        self, portfolio_id: int, portfolio: str, result: dbm.RebalanceOutcome
+        self, portfolio_id: int, portfolio: str, result: dbm.FinishedAttempt
     ) -> None: ...
 
 
@@ -337,7 +337,7 @@ class Executor:
 
     async def _carry_out(
         self, request: RebalanceRequest, started: float, log: Any
-    ) -> tuple[int | None, dbm.RebalanceOutcome]:
+    ) -> tuple[int | None, dbm.FinishedAttempt]:
         """The attempt's row and outcome: refused (a SKIPPED row, if one can be written), or
         started as PENDING, attempted, and finished."""
         refusal = self._refusal(request)
@@ -376,8 +376,8 @@ class Executor:
 
     async def _record_skip(
         self, request: RebalanceRequest, refusal: str, log: Any
-    ) -> tuple[int | None, dbm.RebalanceOutcome]:
-        result = dbm.RebalanceOutcome(status="SKIPPED", skip_reason=refusal)
+    ) -> tuple[int | None, dbm.FinishedAttempt]:
+        result = dbm.FinishedAttempt(status="SKIPPED", skip_reason=refusal)
         try:
             row = await self.db.record_rebalance(
                 request.portfolio_id, result, drift_percentage=request.plan.max_drift
@@ -410,7 +410,7 @@ class Executor:
         portfolio_id: int,
         portfolio: str,
         rebalance_id: int | None,
-        result: dbm.RebalanceOutcome,
+        result: dbm.FinishedAttempt,
         log: Any,
     ) -> None:
         """Every finished attempt, live or recovered: logged, alerted if it failed or traded
@@ -448,11 +448,11 @@ class Executor:
 
     async def _attempt(
         self, request: RebalanceRequest, rebalance_id: int, log: Any
-    ) -> dbm.RebalanceOutcome:
+    ) -> dbm.FinishedAttempt:
         """Quote, plan and send; the outcome from what was mined. Raises only cancellation."""
         settings = self.settings()
         prepared = await self._plan(request, settings)
-        if isinstance(prepared, dbm.RebalanceOutcome):
+        if isinstance(prepared, dbm.FinishedAttempt):
             return prepared
         calls = prepared.mode.calls(prepared.swap_legs, prepared.allowances)
         purposes = [purpose(call) for call in calls]
@@ -469,7 +469,7 @@ class Executor:
         )
         self.faults.check("after_plan")
         sent = await self._send(calls, purposes, rebalance_id, prepared)
-        if isinstance(sent, dbm.RebalanceOutcome):
+        if isinstance(sent, dbm.FinishedAttempt):
             return sent
         intents = await until_stored(
             lambda: self.db.intents_for_rebalance(rebalance_id), log, self.status
@@ -479,15 +479,15 @@ class Executor:
 
     async def _plan(
         self, request: RebalanceRequest, settings: ExecutorSettings
-    ) -> Prepared | dbm.RebalanceOutcome:
+    ) -> Prepared | dbm.FinishedAttempt:
         """The legs to send, or the outcome of an attempt that sends nothing: FAILED (no
         quote), SKIPPED (every leg rejected, or the oracle guard could revert it), DRY_RUN."""
         try:
             prepared = await self._planner.prepare(request, settings)
         except (RebalanceAborted, ChainError, NoRoute, ValueError, KeyError) as exc:
-            return dbm.RebalanceOutcome(status="FAILED", error=error_text(exc))
+            return dbm.FinishedAttempt(status="FAILED", error=error_text(exc))
         if not prepared.swap_legs:
-            return dbm.RebalanceOutcome(
+            return dbm.FinishedAttempt(
                 status="SKIPPED",
                 skip_reason="; ".join(prepared.rejected) or "no leg to send",
                 expected_outputs=prepared.expected,
@@ -495,18 +495,18 @@ class Executor:
         try:
             refusal = await self._planner.guard_refusal(prepared)
         except ChainError as exc:
-            return dbm.RebalanceOutcome(
+            return dbm.FinishedAttempt(
                 status="FAILED", error=f"the oracle guard's bound could not be checked: {exc}"
             )
         if refusal is not None:
             # Nothing is sent: the redemption could revert on chain, and a revert costs gas.
-            return dbm.RebalanceOutcome(
+            return dbm.FinishedAttempt(
                 status="SKIPPED",
                 skip_reason=f"No trade: the oracle guard could revert it: {refusal}",
                 expected_outputs=prepared.expected,
             )
         if settings.dry_run:
-            return dbm.RebalanceOutcome(
+            return dbm.FinishedAttempt(
                 status="DRY_RUN",
                 swap_path=prepared.swap_path,
                 expected_outputs=prepared.expected,
@@ -520,7 +520,7 @@ class Executor:
         purposes: Sequence[dbm.IntentPurpose],
         rebalance_id: int,
         prepared: Prepared,
-    ) -> _Sent | dbm.RebalanceOutcome:
+    ) -> _Sent | dbm.FinishedAttempt:
         """Send the calls in order, each once the previous one is mined successfully. SKIPPED
         if the signer cannot send the first (nothing signed: a trade that did not start)."""
         settled: list[Settled] = []
@@ -531,7 +531,7 @@ class Executor:
             except SignerBlocked as exc:
                 if index == 0:
                     # Nothing signed: not an attempt that failed, a trade that did not start.
-                    return dbm.RebalanceOutcome(
+                    return dbm.FinishedAttempt(
                         status="SKIPPED",
                         skip_reason=f"No trade: the signer cannot send: {exc}",
                         expected_outputs=prepared.expected,
@@ -558,8 +558,8 @@ class Executor:
         settings: ExecutorSettings,
         prepared: Prepared,
         sent: _Sent,
-        result: dbm.RebalanceOutcome,
-    ) -> dbm.RebalanceOutcome:
+        result: dbm.FinishedAttempt,
+    ) -> dbm.FinishedAttempt:
         """The outcome from the mined intents, with gas in USD, what each leg received and the
         reason of a revert."""
         receipts = [

@@ -105,7 +105,7 @@ class PortfolioSupervisor(Supervisor[PortfolioState]):
     # --- the executor -----------------------------------------------------------------------
 
     def rebalance_finished(
-        self, portfolio_id: int, portfolio: str, result: dbm.RebalanceOutcome
+        self, portfolio_id: int, portfolio: str, result: dbm.FinishedAttempt
     ) -> None:
         """Every finished attempt, live or recovered: the portfolio's clocks, then metrics.
 

@@ -68,7 +68,7 @@ class AttemptEnds(Protocol):
         portfolio_id: int,
         portfolio: str,
         rebalance_id: int | None,
-        result: dbm.RebalanceOutcome,
+        result: dbm.FinishedAttempt,
         log: Any,
     ) -> None: ...
 
@@ -131,7 +131,7 @@ class Recovery:
 
     async def _outcome(
         self, row: dbm.RebalanceLogEntry, intents: Sequence[dbm.TxIntent]
-    ) -> dbm.RebalanceOutcome:
+    ) -> dbm.FinishedAttempt:
         result = attempt_outcome(row.planned_txs, row.planned_swap_txs, intents)
         reverted = next(
             (i for i in intents if i.status == "REVERTED" and i.purpose != "cancel"), None

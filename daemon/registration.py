@@ -61,7 +61,7 @@ from daemon.logs import get_logger
 from daemon.signer import TxSigner
 
 if TYPE_CHECKING:
-    from daemon.db import Portfolio, Token
+    from daemon.db import Portfolio, TokenRecord
 
 _DECIMALS_CALL: Final = encode_call("decimals()")
 _SYMBOL_CALL: Final = encode_call("symbol()")
@@ -82,7 +82,7 @@ def verify_portfolio_delegations(
     delegations: list[dict[str, Any]],
     smart_account: str,
     config: Config,
-    tokens: Sequence[Token],
+    tokens: Sequence[TokenRecord],
     targets: Collection[str],
 ) -> None:
     """Raise ``ValueError`` naming every problem with a portfolio's signed delegations
@@ -124,7 +124,7 @@ def _offline_problems(
     smart_account: str,
     delegate: str,
     config: Config,
-    tokens: Sequence[Token],
+    tokens: Sequence[TokenRecord],
     targets: Collection[str],
 ) -> list[str]:
     """What least authority and the approve coverage find wrong in each delegation, and the
@@ -158,7 +158,7 @@ def _offline_problems(
 
 
 def approve_coverage_problems(
-    delegation: Delegation, tokens: Sequence[Token], enforcers: DelegationConfig
+    delegation: Delegation, tokens: Sequence[TokenRecord], enforcers: DelegationConfig
 ) -> list[str]:
     """Why an approve delegation cannot approve every token of the portfolio for the router
     (each missing one would make every rebalance that sells it fail). The guard's token set is
@@ -403,7 +403,7 @@ def one_actor_per_account(
 
 
 async def token_decimal_problems(
-    client: ChainClient, tokens: Sequence[Token], onchain: dict[str, int]
+    client: ChainClient, tokens: Sequence[TokenRecord], onchain: dict[str, int]
 ) -> dict[str, str]:
     """Registered tokens (by address) whose decimals are not the token's ``decimals()`` on
     chain, with the reason. ``onchain`` caches what was read (address → decimals): tokens not
@@ -441,7 +441,7 @@ async def token_decimal_problems(
 async def portfolios_to_hold(
     client: ChainClient,
     portfolios: Sequence[Portfolio],
-    tokens: Sequence[Token],
+    tokens: Sequence[TokenRecord],
     *,
     enforcers: DelegationConfig,
     wallet_signer: str | None,

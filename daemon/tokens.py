@@ -16,7 +16,7 @@ from daemon.messages import Token
 from daemon.retry import OutageLog
 
 
-def message_token(token: dbm.Token) -> Token:
+def message_token(token: dbm.TokenRecord) -> Token:
     """A registered token as actors pass it around."""
     return Token(
         symbol=token.symbol,
@@ -34,7 +34,7 @@ class TokenBook:
     db: dbm.Database
     config: ConfigSource
     outages: OutageLog
-    registered: dict[str, dbm.Token] = attrs.Factory(dict)
+    registered: dict[str, dbm.TokenRecord] = attrs.Factory(dict)
     """Symbol → the token as registered (the last list read)."""
     onchain_decimals: dict[str, int] = attrs.Factory(dict)
     """Token address → its ``decimals()`` on chain, read once (registration.portfolios_to_hold)."""
@@ -58,6 +58,6 @@ class TokenBook:
         """The registered tokens by symbol, as actors pass them around."""
         return {symbol: message_token(token) for symbol, token in self.registered.items()}
 
-    def quote(self) -> dbm.Token | None:
+    def quote(self) -> dbm.TokenRecord | None:
         """The quote token (router prices are quoted in it), if one is registered."""
         return next((t for t in self.registered.values() if t.is_quote), None)

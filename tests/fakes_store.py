@@ -25,11 +25,11 @@ from fakes_chain import EPOCH, FakeStore
 
 from daemon.db import (
     ConstraintViolation,
+    FinishedAttempt,
     LeaseHeld,
     LeaseLost,
     NotFound,
     RebalanceLogEntry,
-    RebalanceOutcome,
     RebalanceRefused,
     SignerLease,
     TxIntent,
@@ -58,7 +58,7 @@ def _entry(ident: int, portfolio_id: int, **fields: Any) -> RebalanceLogEntry:
     return RebalanceLogEntry(id=ident, portfolio_id=portfolio_id, timestamp=EPOCH, **row)
 
 
-def _finished(row: RebalanceLogEntry, outcome: RebalanceOutcome) -> RebalanceLogEntry:
+def _finished(row: RebalanceLogEntry, outcome: FinishedAttempt) -> RebalanceLogEntry:
     return attrs.evolve(
         row,
         finished_at=EPOCH,
@@ -170,7 +170,7 @@ class FakeDatabase(FakeStore):
         self.events.append(("plan", str(rebalance_id)))
 
     async def finish_rebalance(
-        self, rebalance_id: int, outcome: RebalanceOutcome
+        self, rebalance_id: int, outcome: FinishedAttempt
     ) -> RebalanceLogEntry:
         await self._enter("finish_rebalance")
         row = self.attempts.get(rebalance_id)
@@ -187,7 +187,7 @@ class FakeDatabase(FakeStore):
     async def record_rebalance(
         self,
         portfolio_id: int,
-        outcome: RebalanceOutcome,
+        outcome: FinishedAttempt,
         *,
         drift_percentage: Decimal | None,
         trigger: str = "drift",

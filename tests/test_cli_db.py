@@ -19,7 +19,7 @@ from daemon.cli import db as cli_db
 from daemon.cli import portfolio as cli_portfolio
 from daemon.cli.db_common import parse_address
 from daemon.config import Config, DatabaseConfig, parse_config
-from daemon.db import ConstraintViolation, Token, load_migrations
+from daemon.db import ConstraintViolation, TokenRecord, load_migrations
 from daemon.devtools.devnet_records import Devnet
 from daemon.devtools.pgserver import free_port
 from daemon.registration import InputError
@@ -271,7 +271,7 @@ def test_verifier_seam(
         delegations: list[dict[str, object]],
         account: str,
         cfg: Config,
-        tokens: list[Token],
+        tokens: list[TokenRecord],
         targets: frozenset[str],
     ) -> None:
         seen.append((len(delegations), account, [t.symbol for t in tokens], sorted(targets)))

@@ -16,6 +16,7 @@ from daemon.db import (
     ConstraintViolation,
     Database,
     DatabaseUnavailable,
+    FinishedAttempt,
     HoldingValue,
     LeaseHeld,
     LeaseLost,
@@ -25,7 +26,6 @@ from daemon.db import (
     PortfolioSnapshot,
     PriceObservation,
     QueryTimeout,
-    RebalanceOutcome,
     RebalanceRefused,
     TxReceipt,
     migrate,
@@ -323,7 +323,7 @@ async def test_bad_status_is_rejected(db: Database) -> None:
     assert info.value.constraint == "rebalance_log_status_check"
     with pytest.raises(ConstraintViolation) as info:
         await db.record_rebalance(
-            portfolio_id, RebalanceOutcome(status="SKIPPED"), drift_percentage=None
+            portfolio_id, FinishedAttempt(status="SKIPPED"), drift_percentage=None
         )
     assert info.value.constraint == "rebalance_log_skip_has_reason"
 
@@ -391,7 +391,7 @@ async def test_rebalance_log_lifecycle_and_cooldown_source(db: Database) -> None
     assert [r.id for r in await db.pending_rebalances()] == [rebalance_id]
     done = await db.finish_rebalance(
         rebalance_id,
-        RebalanceOutcome(
+        FinishedAttempt(
             status="SUCCESS",
             transaction_hash="0x" + "ab" * 32,
             gas_used=210_000,
@@ -408,11 +408,11 @@ async def test_rebalance_log_lifecycle_and_cooldown_source(db: Database) -> None
     assert await db.pending_rebalances() == []
     # A terminal row is final.
     with pytest.raises(ConstraintViolation) as info:
-        await db.finish_rebalance(rebalance_id, RebalanceOutcome(status="FAILED", error="x"))
+        await db.finish_rebalance(rebalance_id, FinishedAttempt(status="FAILED", error="x"))
     assert info.value.constraint == "rebalance_log_terminal_is_final"
     skipped = await db.record_rebalance(
         portfolio_id,
-        RebalanceOutcome(status="SKIPPED", skip_reason="cooldown active"),
+        FinishedAttempt(status="SKIPPED", skip_reason="cooldown active"),
         drift_percentage=Decimal("0.2"),
     )
     assert skipped.status == "SKIPPED"
@@ -423,7 +423,7 @@ async def test_rebalance_log_lifecycle_and_cooldown_source(db: Database) -> None
     history = await db.rebalance_history(portfolio_id)
     assert [r.id for r in history] == [skipped.id, rebalance_id]
     with pytest.raises(NotFound):
-        await db.finish_rebalance(10**9, RebalanceOutcome(status="DRY_RUN"))
+        await db.finish_rebalance(10**9, FinishedAttempt(status="DRY_RUN"))
 
 
 async def test_drift_report(db: Database) -> None:
@@ -431,14 +431,14 @@ async def test_drift_report(db: Database) -> None:
     for drift, gas in (("0.2", "5.5"), ("0.3", "4.5")):
         await db.record_rebalance(
             portfolio_id,
-            RebalanceOutcome(
+            FinishedAttempt(
                 status="SUCCESS", transaction_hash="0x" + "cd" * 32, gas_cost_usd=Decimal(gas)
             ),
             drift_percentage=Decimal(drift),
         )
     await db.record_rebalance(
         portfolio_id,
-        RebalanceOutcome(status="FAILED", error="reverted"),
+        FinishedAttempt(status="FAILED", error="reverted"),
         drift_percentage=Decimal("0.4"),
     )
     # Older than 30 days: not reported.
@@ -611,7 +611,7 @@ async def test_one_pending_attempt_per_portfolio_is_enforced_by_the_database(
             portfolio_id, drift_percentage=Decimal("0.2"), chain_id=1, signer=SIGNER
         )
     assert [r.id for r in await db.rebalance_history()] == [first]
-    await db.finish_rebalance(first, RebalanceOutcome(status="FAILED", error="test"))
+    await db.finish_rebalance(first, FinishedAttempt(status="FAILED", error="test"))
     second = await db.start_rebalance(portfolio_id, drift_percentage=Decimal("0.2"))
     assert second != first
 
@@ -626,7 +626,7 @@ async def test_a_plan_older_than_the_last_mined_swap_is_refused(db: Database) ->
     receipt = TxReceipt(block_number=100, gas_used=1, effective_gas_price=1, succeeded=True)
     await db.record_intent_receipt(intent.id, receipt)
     await db.finish_rebalance(
-        rebalance_id, RebalanceOutcome(status="SUCCESS", transaction_hash=intent.tx_hash)
+        rebalance_id, FinishedAttempt(status="SUCCESS", transaction_hash=intent.tx_hash)
     )
     # Balances read before block 100 do not include that swap: the plan is stale.
     with pytest.raises(RebalanceRefused, match="block 99"):
@@ -692,7 +692,7 @@ async def test_pause_is_stored_in_the_portfolio(db: Database) -> None:
 async def test_failure_streaks_count_failures_since_the_last_trade(db: Database) -> None:
     portfolio_id = await _seed(db)
     for status in ("FAILED", "SUCCESS", "FAILED", "SKIPPED", "FAILED"):
-        outcome = RebalanceOutcome(
+        outcome = FinishedAttempt(
             status=status,  # type: ignore[arg-type]
             error="x" if status == "FAILED" else None,
             skip_reason="y" if status == "SKIPPED" else None,

@@ -31,8 +31,7 @@ from schema_defaults import holder
 
 from daemon.address import to_address
 from daemon.config import Secret
-from daemon.db import RebalanceOutcome as RowOutcome
-from daemon.db import TxIntent
+from daemon.db import FinishedAttempt, TxIntent
 from daemon.delegation import ROOT_AUTHORITY, Delegation, PortfolioDelegations
 from daemon.drift import Leg, Rebalance, to_base_units
 from daemon.executor import Executor
@@ -148,7 +147,9 @@ class World:
         self.alerts.append((kind, dict(fields)))
         return True
 
-    def rebalance_finished(self, portfolio_id: int, portfolio: str, result: RowOutcome) -> None:
+    def rebalance_finished(
+        self, portfolio_id: int, portfolio: str, result: FinishedAttempt
+    ) -> None:
         self.finished.append((portfolio_id, portfolio, result.status))
 
     # -- the test's handles --

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from schema_defaults import holder, restart_policy
 
-from daemon.db import RebalanceOutcome as RowOutcome
+from daemon.db import FinishedAttempt
 from daemon.drift import WITHIN_TOLERANCE
 from daemon.faults import Faults
 from daemon.latest import Latest
@@ -107,7 +107,7 @@ class FakeExecutor:
             self.supervisor.rebalance_finished(
                 request.portfolio_id,
                 request.portfolio_name,
-                RowOutcome(status=status),  # type: ignore[arg-type]
+                FinishedAttempt(status=status),  # type: ignore[arg-type]
             )
             outcome = RebalanceOutcome(rebalance_id=len(self.requests), status=status)  # type: ignore[arg-type]
             # The actor that asked may have been restarted meanwhile: nobody listens.
@@ -430,10 +430,12 @@ async def test_a_recovered_attempt_sets_the_clocks_of_the_portfolio_it_belongs_t
     actor = Actor()
 
     async def body(nursery: trio.Nursery) -> None:
-        actor.supervisor.rebalance_finished(SPEC.id, str(SPEC.id), RowOutcome(status="PARTIAL"))
+        actor.supervisor.rebalance_finished(
+            SPEC.id, str(SPEC.id), FinishedAttempt(status="PARTIAL")
+        )
         assert actor.state.last_success_at == wall_clock()
         assert (await actor.evaluation()).startswith("Cooldown active")
-        actor.supervisor.rebalance_finished(99, "99", RowOutcome(status="FAILED"))
+        actor.supervisor.rebalance_finished(99, "99", FinishedAttempt(status="FAILED"))
         assert actor.state.failures == 0, "another portfolio's attempt"
 
     await running(actor, body)

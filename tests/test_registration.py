@@ -21,7 +21,7 @@ from test_daemon import evaluated, running_daemon, wait_for
 
 from daemon.chain import ChainClient
 from daemon.config import DatabaseConfig, GuardConfig
-from daemon.db import Allocation, Portfolio, Token, open_database
+from daemon.db import Allocation, Portfolio, TokenRecord, open_database
 from daemon.delegation import (
     Delegation,
     DelegationDomain,
@@ -306,7 +306,7 @@ async def test_the_daemon_holds_back_delegations_that_miss_a_token(
     signed = [sign_delegation(d, domain, account.owner_key).to_json() for d in narrow.as_list()]
     now = datetime.now(UTC)
     tokens = {
-        token.symbol: Token(
+        token.symbol: TokenRecord(
             id=index,
             symbol=token.symbol,
             address=token.address,

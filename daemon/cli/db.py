@@ -28,7 +28,7 @@ from daemon import exitcodes
 from daemon.cli.db_common import fail, parse_address, print_json, table, with_database
 from daemon.cli.portfolio import DelegationVerifier, register_portfolio
 from daemon.config import Config
-from daemon.db import Database, Token
+from daemon.db import Database, TokenRecord
 from daemon.registration import MAX_DECIMALS, InputError, check_token_on_chain
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def parse_decimals(value: str | None) -> int | None:
     return decimals
 
 
-def _token_dict(token: Token) -> dict[str, Any]:
+def _token_dict(token: TokenRecord) -> dict[str, Any]:
     return {
         "symbol": token.symbol,
         "address": token.address,

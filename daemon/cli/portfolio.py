@@ -26,14 +26,14 @@ import trio
 from daemon import exitcodes
 from daemon.cli.db_common import fail, parse_address, print_json, table, with_database
 from daemon.config import Config
-from daemon.db import ConstraintViolation, Database, Portfolio, Token
+from daemon.db import ConstraintViolation, Database, Portfolio, TokenRecord
 from daemon.registration import InputError, VerifierUnavailable
 
 if TYPE_CHECKING:
     from daemon.cli.main import Subparsers
 
 DelegationVerifier = Callable[
-    [list[dict[str, Any]], str, Config, Sequence[Token], Collection[str]], None
+    [list[dict[str, Any]], str, Config, Sequence[TokenRecord], Collection[str]], None
 ]
 """``verify(delegations, smart_account, config, tokens, targets)``: raise ``ValueError`` naming
 the problem (an :class:`InputError` is shown as it is, any other ``ValueError`` after

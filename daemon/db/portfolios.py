@@ -10,7 +10,7 @@ import asyncpg
 
 from daemon.db.errors import NotFound
 from daemon.db.pool import Store
-from daemon.db.records import Allocation, Portfolio, Token
+from daemon.db.records import Allocation, Portfolio, TokenRecord
 
 
 class PortfolioStore(Store):
@@ -171,7 +171,7 @@ async def _load_portfolios(conn: asyncpg.Connection, where: str, *args: Any) -> 
         first = group[0]
         allocations = tuple(
             Allocation(
-                token=Token(
+                token=TokenRecord(
                     id=r["t_id"],
                     symbol=r["t_symbol"],
                     address=r["t_address"],

@@ -19,8 +19,8 @@ from daemon.db.pool import Store
 from daemon.db.records import (
     TRADED_STATUSES,
     DailyDriftStats,
+    FinishedAttempt,
     RebalanceLogEntry,
-    RebalanceOutcome,
     RebalanceTrigger,
 )
 
@@ -129,7 +129,7 @@ class RebalanceLog(Store):
         await self._unit(work)
 
     async def finish_rebalance(
-        self, rebalance_id: int, outcome_: RebalanceOutcome
+        self, rebalance_id: int, outcome_: FinishedAttempt
     ) -> RebalanceLogEntry:
         """Give a PENDING attempt its terminal status (exactly once; a second call raises
         :class:`ConstraintViolation` ``rebalance_log_terminal_is_final``)."""
@@ -156,7 +156,7 @@ class RebalanceLog(Store):
     async def record_rebalance(
         self,
         portfolio_id: int,
-        outcome_: RebalanceOutcome,
+        outcome_: FinishedAttempt,
         *,
         drift_percentage: Decimal | None,
         trigger: RebalanceTrigger = "drift",
@@ -311,7 +311,7 @@ class RebalanceLog(Store):
         return await self._unit(work, transaction=False)
 
 
-def _outcome_args(o: RebalanceOutcome) -> tuple[Any, ...]:
+def _outcome_args(o: FinishedAttempt) -> tuple[Any, ...]:
     return (
         o.status,
         o.skip_reason,

@@ -26,7 +26,7 @@ LIVE_INTENT_STATUSES: Final[frozenset[str]] = frozenset({"SIGNED", "BROADCAST"})
 
 
 @attrs.frozen
-class Token:
+class TokenRecord:
     """A token the daemon can price and trade."""
 
     id: int
@@ -46,7 +46,7 @@ class Token:
 class Allocation:
     """One target weight of a portfolio."""
 
-    token: Token
+    token: TokenRecord
     weight: Decimal
     """In (0, 1]; a portfolio's weights sum to 1."""
 
@@ -120,7 +120,7 @@ class PortfolioSnapshot:
 
 
 @attrs.frozen
-class RebalanceOutcome:
+class FinishedAttempt:
     """What a finished attempt writes (terminal status and its details)."""
 
     status: TerminalStatus

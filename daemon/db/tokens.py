@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from daemon.db.pool import Store
-from daemon.db.records import Token
+from daemon.db.records import TokenRecord
 
 
 class TokenStore(Store):
@@ -26,10 +26,10 @@ class TokenStore(Store):
         coingecko_id: str | None = None,
         is_quote: bool = False,
         price_feed: str | None = None,
-    ) -> Token:
+    ) -> TokenRecord:
         """Register a token; duplicate symbol or address → :class:`ConstraintViolation`."""
 
-        async def work(conn: asyncpg.Connection) -> Token:
+        async def work(conn: asyncpg.Connection) -> TokenRecord:
             row = await conn.fetchrow(
                 "INSERT INTO token"
                 " (symbol, address, chain_id, decimals, coingecko_id, is_quote, price_feed)"
@@ -46,10 +46,10 @@ class TokenStore(Store):
 
         return await self._unit(work)
 
-    async def tokens(self, chain_id: int | None = None) -> list[Token]:
+    async def tokens(self, chain_id: int | None = None) -> list[TokenRecord]:
         """All tokens (of one chain, if given), by symbol."""
 
-        async def work(conn: asyncpg.Connection) -> list[Token]:
+        async def work(conn: asyncpg.Connection) -> list[TokenRecord]:
             rows = await conn.fetch(
                 "SELECT * FROM token WHERE $1::bigint IS NULL OR chain_id = $1 ORDER BY symbol",
                 chain_id,
@@ -59,8 +59,8 @@ class TokenStore(Store):
         return await self._unit(work, transaction=False)
 
 
-def _token(row: Mapping[str, Any]) -> Token:
-    return Token(
+def _token(row: Mapping[str, Any]) -> TokenRecord:
+    return TokenRecord(
         id=row["id"],
         symbol=row["symbol"],
         address=row["address"],
