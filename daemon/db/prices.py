@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from daemon.db.pool import Store
-from daemon.db.records import LatestPrice, PriceObservation, PriceSource
+from daemon.db.records import LatestPrice, PriceObservation
+from daemon.messages import PriceSourceName
 
 
 class PriceStore(Store):
@@ -33,7 +34,7 @@ class PriceStore(Store):
 
         return await self._unit(work)
 
-    async def latest_prices(self, source: PriceSource | None = None) -> list[LatestPrice]:
+    async def latest_prices(self, source: PriceSourceName | None = None) -> list[LatestPrice]:
         """The newest observation per (token, source), optionally of one source."""
 
         async def work(conn: asyncpg.Connection) -> list[LatestPrice]:

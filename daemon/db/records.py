@@ -12,7 +12,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
-PriceSource = Literal["oracle", "router"]
+from daemon.messages import PriceSourceName
+
 RebalanceStatus = Literal["PENDING", "SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
 TerminalStatus = Literal["SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
 RebalanceTrigger = Literal["drift", "manual", "recovery"]
@@ -76,7 +77,7 @@ class PriceObservation:
     """One USD price of one token from one source."""
 
     token_id: int
-    source: PriceSource
+    source: PriceSourceName
     usd: Decimal
     observed_at: dt.datetime
     block_number: int | None = None
@@ -88,7 +89,7 @@ class LatestPrice:
 
     token_id: int
     symbol: str
-    source: PriceSource
+    source: PriceSourceName
     usd: Decimal
     observed_at: dt.datetime
     block_number: int | None
@@ -114,7 +115,7 @@ class PortfolioSnapshot:
     total_usd: Decimal
     holdings: tuple[HoldingValue, ...]
     max_drift: Decimal | None = None
-    price_source: PriceSource | None = None
+    price_source: PriceSourceName | None = None
     taken_at: dt.datetime | None = None
     """None on insert: the server's now()."""
 
