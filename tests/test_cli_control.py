@@ -24,8 +24,8 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+import daemon.cli.main as cli
 from daemon.cli import control as cli_control
-from daemon.cli.main import main as cli
 from daemon.config import load_config
 from daemon.executor_status import ExecutorStatus
 from daemon.health import serve_health

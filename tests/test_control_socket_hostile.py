@@ -41,7 +41,7 @@ from reliability import BadInput
 from structlog.testing import capture_logs
 from test_health import FakeControls, Running, serving
 
-from daemon.cli.main import main as cli
+import daemon.cli.main as cli
 from daemon.config import DatabaseConfig
 from daemon.control_protocol import (
     COMMANDS,
