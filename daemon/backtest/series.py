@@ -7,8 +7,9 @@ they drive a simulation, never an amount that goes on chain; the engine still re
 The generator is correlated geometric Brownian motion with market-wide jumps: every risky token
 shares one normal factor (pairwise correlation ``correlation``), and with ``jumps_per_year``
 expected a year the whole market drops by about ``jump_size`` at once (the crashes that
-rebalancers face). Stablecoins (volatility 0) stay at their starting price. Identical parameters
-and seed give identical series (``random.Random(seed)`` only; no global state).
+rebalancers face); the drift compensates the jumps, so each token's expected return is its
+``drift`` (0 by default). Stablecoins (volatility 0) stay at their starting price. Identical
+parameters and seed give identical series (``random.Random(seed)`` only; no global state).
 """
 
 from __future__ import annotations
@@ -102,7 +103,14 @@ def generate(model: MarketModel, seed: int) -> PriceSeries:
     jump_probability = model.jumps_per_year * dt
     columns = {t.symbol: array("d", [t.start_usd]) for t in model.tokens}
     logs = [math.log(t.start_usd) for t in model.tokens]
-    drifts = [(t.drift - t.volatility**2 / 2) * dt for t in model.tokens]
+    # Compensate the jumps (E[e^J] − 1 per jump) so that a token's expected return is its
+    # ``drift`` and crashes are not a built-in bear market.
+    jump_mean = math.exp(model.jump_size + model.jump_spread**2 / 2) - 1
+    compensation = model.jumps_per_year * jump_mean
+    drifts = [
+        (t.drift - t.volatility**2 / 2 - (compensation if t.volatility else 0.0)) * dt
+        for t in model.tokens
+    ]
     scales = [t.volatility * math.sqrt(dt) for t in model.tokens]
     for _ in range(steps - 1):
         market = rng.gauss(0.0, 1.0)

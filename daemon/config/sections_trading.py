@@ -192,8 +192,8 @@ class RebalanceConfig:
     rebalance_to: str = setting(
         "target",
         choice("target", "band"),
-        "target: trade back to the target weights. band: only back to within "
-        "band_fraction × drift_threshold of target (less turnover).",
+        "target: trade back to the target weights. band: every token into the band of "
+        "band_fraction × drift_threshold around its target, with the least turnover.",
         live=True,
     )
     band_fraction: Decimal = setting(
