@@ -218,7 +218,7 @@ _CHILD = textwrap.dedent(
     import trio
     import asyncpg, httpx
     import daemon.app, daemon.cli.main, daemon.health, daemon.metrics, daemon.systemd
-    from daemon.chain import TxRequest, TxSigner
+    from daemon.signer import TxRequest, TxSigner
     from daemon.config import Secret
 
     signer = TxSigner(key=Secret("0x" + "11" * 32))
