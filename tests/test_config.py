@@ -51,7 +51,7 @@ def test_defaults_match_the_seed() -> None:
     assert config.rebalance.price_impact_threshold == Decimal("0.05")
     assert config.alerts.high_drift == Decimal("0.25")
     assert config.alerts.gas_cost_factor == 2
-    assert config.rebalance.rebalance_to == "target"
+    assert config.rebalance.rebalance_to == "band"
 
 
 def test_toml_values_are_exact_decimals(tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ def evaluate(
 ) -> drift.Decision:
     """:func:`daemon.drift.evaluate` with ``[rebalance]`` at the schema's defaults unless
     ``params`` are given."""
-    return drift.evaluate(holdings, targets, prices, health, params=params or engine_params())
+    # These tests state the target mode's rules (the band mode's are in test_trade_goals.py).
+    params = params or engine_params(rebalance_to="target")
+    return drift.evaluate(holdings, targets, prices, health, params=params)
 
 
 def usd_holding(symbol: str, usd: Decimal, price: Decimal, decimals: int) -> Holding:
@@ -290,7 +292,7 @@ def test_huge_balances_keep_exact_integer_amounts() -> None:
     # 10^30 wei: far beyond float precision. Amounts must still be exact integers.
     prices = {"A": D("0.000001"), "B": D("1")}
     holdings = [Holding("A", 10**30, 18), Holding("B", 0, 18)]
-    params = engine_params(max_trade_usd=D(10) ** 20)
+    params = engine_params(rebalance_to="target", max_trade_usd=D(10) ** 20)
     decision = evaluate(holdings, {"A": D("0.5"), "B": D("0.5")}, prices, {}, params)
     assert isinstance(decision, Rebalance)
     (leg,) = decision.legs
@@ -424,7 +426,10 @@ def test_plan_invariants(scenario: Scenario) -> None:
 def test_target_mode_without_caps_lands_on_target(scenario: Scenario) -> None:
     holdings, weights, prices, _health, params = scenario
     params = engine_params(
-        drift_threshold=params.drift_threshold, min_trade_usd=D(0), max_trade_usd=D(10) ** 12
+        drift_threshold=params.drift_threshold,
+        rebalance_to="target",
+        min_trade_usd=D(0),
+        max_trade_usd=D(10) ** 12,
     )
     decision = evaluate(holdings, weights, prices, {}, params)
     assume(isinstance(decision, Rebalance))

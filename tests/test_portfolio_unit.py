@@ -247,7 +247,8 @@ async def test_a_rebalance_is_requested_at_the_threshold_and_not_below_it(
         (request,) = actor.executor.requests
         assert request.plan.max_drift == Decimal("0.15")
         ((sell, buy, usd),) = [(x.sell, x.buy, x.usd) for x in request.plan.legs]
-        assert (sell, buy, usd) == ("WETH", "USDC", Decimal(750))
+        # The default band mode: back to 7.5 % (half the threshold), not all the way (750).
+        assert (sell, buy, usd) == ("WETH", "USDC", Decimal(375))
         assert request.balances_block == 100 + actor.reads
 
     await running(actor, body)

@@ -190,7 +190,7 @@ class RebalanceConfig:
         live=True,
     )
     rebalance_to: str = setting(
-        "target",
+        "band",
         choice("target", "band"),
         "target: trade back to the target weights. band: every token into the band of "
         "band_fraction × drift_threshold around its target, with the least turnover.",
