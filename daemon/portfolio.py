@@ -31,6 +31,8 @@ from daemon.backoff import Backoff
 from daemon.chain_errors import ChainError
 from daemon.cooldown import cooldown_message, cooldown_remaining
 from daemon.drift import (
+    SCREEN_MARGIN,
+    WITHIN_TOLERANCE,
     Decision,
     EngineParams,
     Holding,
@@ -38,6 +40,7 @@ from daemon.drift import (
     NoRebalance,
     Rebalance,
     evaluate,
+    screened_max_drift,
 )
 from daemon.faults import Faults
 from daemon.latest import Latest
@@ -84,11 +87,22 @@ class PortfolioState:
     in_flight: bool = False
     evaluations: int = 0
     last_valuation_at: float | None = None
-    trigger: trio.Event = attrs.Factory(trio.Event)
-    """Set to evaluate now without waiting for the next snapshot (``driftd rebalance``, through
+    accepted: bool = False
+    """The engine has evaluated this portfolio without finding it malformed (from then on a
+    float screen may skip the exact evaluation far inside the threshold)."""
+    evaluation_requested: bool = False
+    """Evaluate now without waiting for the next snapshot (``driftd rebalance``, through
     :meth:`daemon.portfolio_supervisor.PortfolioSupervisor.evaluate_now`)."""
+    waiting: trio.CancelScope | None = attrs.field(default=None, repr=False)
+    """The actor's wait for the next snapshot, while it waits (cancelled by a request)."""
     evaluated: trio.Event = attrs.Factory(trio.Event)
     """Set (and replaced) after each evaluation, including any rebalance it started."""
+
+    def request_evaluation(self) -> None:
+        """Make the actor evaluate now (or, if it is evaluating, once more right after)."""
+        self.evaluation_requested = True
+        if self.waiting is not None:
+            self.waiting.cancel()
 
 
 @attrs.frozen
@@ -110,6 +124,26 @@ class RuntimeParams:
             max_age=config.prices.max_age,
             high_drift=config.alerts.high_drift,
         )
+
+
+@attrs.define(eq=False)
+class RuntimeParamsBook:
+    """:class:`RuntimeParams` of the current configuration, built once per configuration.
+
+    Every actor reads its parameters at every evaluation (a reload applies at once); with 10 000
+    actors building them afresh each time cost as much as a screened evaluation. A reload or a
+    REBALANCING_PARAMS change installs a new configuration object, which is all this checks."""
+
+    config: ConfigSource
+    _built_from: Config | None = attrs.field(default=None, init=False)
+    _params: RuntimeParams | None = attrs.field(default=None, init=False)
+
+    def current(self) -> RuntimeParams:
+        config = self.config.current
+        if self._params is None or config is not self._built_from:
+            self._params = RuntimeParams.from_config(config)
+            self._built_from = config
+        return self._params
 
 
 class BalanceReader(Protocol):
@@ -182,7 +216,7 @@ class PortfolioDeps:
     executor: ExecutorState
     delegations: DelegationCheck
     config: ConfigSource
-    """Read afresh at every evaluation (:meth:`RuntimeParams.from_config`)."""
+    """Read afresh at every evaluation, through :attr:`params`."""
     now: Callable[[], datetime]
     alerts: Alerter
     admission: Admission
@@ -191,33 +225,41 @@ class PortfolioDeps:
     """Stores a valuation snapshot (at most every :data:`VALUATION_EVERY` seconds)."""
     faults: Faults = attrs.Factory(Faults)
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
+    params: RuntimeParamsBook = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda self: RuntimeParamsBook(self.config), takes_self=True),
+    )
 
 
 async def run_portfolio_actor(
     spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps
 ) -> None:
     """Evaluate on every new snapshot or trigger, forever."""
+    state.accepted = False  # the spec may be new: the first evaluation is exact
     while True:
-        async with trio.open_nursery() as nursery:
-            # Whichever comes first: a newer snapshot or a manual trigger.
-            async def newer_snapshot() -> None:
-                version, _ = await deps.snapshots.wait_newer(state.seen_version)
-                state.seen_version = version
-                nursery.cancel_scope.cancel()
-
-            async def triggered() -> None:
-                await state.trigger.wait()
-                state.trigger = trio.Event()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(newer_snapshot)
-            nursery.start_soon(triggered)
+        await _next_cause(state, deps)
         try:
             await evaluate_portfolio(spec, state, deps)
         finally:
             done, state.evaluated = state.evaluated, trio.Event()
             done.set()
         deps.supervisor.mark_healthy(spec.name)
+
+
+async def _next_cause(state: PortfolioState, deps: PortfolioDeps) -> None:
+    """Until a snapshot newer than the last one evaluated, or a request to evaluate now.
+
+    In the actor's own task, under a cancel scope the request cancels: no task is spawned per
+    tick (with 10 000 actors a nursery per wait cost more than the engine)."""
+    if not state.evaluation_requested:
+        with trio.CancelScope() as scope:
+            state.waiting = scope
+            try:
+                version, _ = await deps.snapshots.wait_newer(state.seen_version)
+                state.seen_version = version
+            finally:
+                state.waiting = None
+    state.evaluation_requested = False
 
 
 @attrs.frozen
@@ -243,7 +285,7 @@ async def evaluate_portfolio(
     log = get_logger(actor="portfolio", portfolio=spec.name)
     deps.faults.check("evaluate", spec.name)
     now = deps.now()
-    params = RuntimeParams.from_config(deps.config.current)
+    params = deps.params.current()
     state.evaluations += 1
     state.last_evaluated_at = now
     if state.paused:
@@ -260,6 +302,10 @@ async def evaluate_portfolio(
         # after a few ticks of an RPC outage, and nothing would resume it).
         return _skip(state, log, f"No trade: balances unavailable: {exc}")
     holdings = [Holding(t.symbol, by_address[t.address], t.decimals) for t in spec.tokens]
+    screened = _screened(spec, state, deps, priced, holdings, params)
+    if screened is not None:
+        state.last_max_drift = screened
+        return _skip(state, log, WITHIN_TOLERANCE, max_drift=screened)
     try:
         decision = evaluate(
             holdings, spec.targets, priced.prices, priced.snapshot.health, params=params.engine
@@ -267,6 +313,7 @@ async def evaluate_portfolio(
     except InvalidPortfolio as exc:
         return _skip(state, log, f"No trade: invalid portfolio: {exc}")
     state.last_max_drift = decision.max_drift
+    state.accepted = True
     await _maybe_record_valuation(spec, state, deps, decision, holdings)
     if decision.max_drift is not None and decision.max_drift > params.high_drift:
         deps.alerts.fire(
@@ -279,6 +326,27 @@ async def evaluate_portfolio(
     if held_back is not None:
         return _skip(state, log, held_back.reason, **held_back.fields)
     return await _request(spec, state, deps, decision, priced, balances_block, log)
+
+
+def _screened(
+    spec: PortfolioSpec,
+    state: PortfolioState,
+    deps: PortfolioDeps,
+    priced: _Priced,
+    holdings: list[Holding],
+    params: RuntimeParams,
+) -> Decimal | None:
+    """The largest drift (6 decimals) when a float screen shows it far below the threshold and
+    no valuation is due, so the exact evaluation can be skipped; else None (evaluate exactly).
+
+    Only for a portfolio the engine has accepted before (the screen does not validate), and
+    never a decision to trade: that is always the exact engine's."""
+    if not state.accepted or _valuation_due(state, deps):
+        return None
+    drift = screened_max_drift(holdings, spec.targets, priced.prices, priced.snapshot.health)
+    if drift is None or drift >= float(params.engine.drift_threshold) - SCREEN_MARGIN:
+        return None
+    return Decimal(f"{drift:.6f}")
 
 
 def _usable_prices(
@@ -419,13 +487,17 @@ async def _maybe_record_valuation(
 ) -> None:
     # Valuations are history for reports, not control: one every few minutes is plenty, and a
     # failure to store one must not stop the portfolio from being rebalanced.
-    now = trio.current_time()
-    if deps.valuations is None or (
-        state.last_valuation_at is not None and now - state.last_valuation_at < VALUATION_EVERY
-    ):
+    if deps.valuations is None or not _valuation_due(state, deps):
         return
-    state.last_valuation_at = now
+    state.last_valuation_at = trio.current_time()
     await deps.valuations.record(spec, decision, holdings)
+
+
+def _valuation_due(state: PortfolioState, deps: PortfolioDeps) -> bool:
+    return deps.valuations is not None and (
+        state.last_valuation_at is None
+        or trio.current_time() - state.last_valuation_at >= VALUATION_EVERY
+    )
 
 
 def _skip(state: PortfolioState, log: FilteringBoundLogger, reason: str, **fields: object) -> str:

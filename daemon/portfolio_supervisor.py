@@ -83,7 +83,7 @@ class PortfolioSupervisor(Supervisor[PortfolioState]):
         any rebalance it starts) is over. Raises ``KeyError`` if no such actor runs."""
         entry = self._actors[name]
         evaluated = entry.state.evaluated
-        entry.state.trigger.set()
+        entry.state.request_evaluation()
         return evaluated
 
     def pause_portfolio(self, name: str) -> None:

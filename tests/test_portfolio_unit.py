@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import attrs
 import pytest
@@ -20,6 +21,7 @@ import trio
 import trio.testing
 from schema_defaults import holder, restart_policy
 
+from daemon import drift, portfolio
 from daemon.db import FinishedAttempt
 from daemon.drift import WITHIN_TOLERANCE
 from daemon.faults import Faults
@@ -383,6 +385,67 @@ async def test_rebalance_now_evaluates_at_once_without_a_new_snapshot(
         assert len(actor.executor.requests) == 1
         with pytest.raises(KeyError):
             actor.supervisor.evaluate_now("ghost")
+
+    await running(actor, body)
+
+
+@attrs.define(eq=False)
+class SpawnCounter(trio.abc.Instrument):
+    spawned: int = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def test_waiting_for_a_snapshot_or_a_trigger_spawns_no_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 15: with 10 000 actors every task spawned per tick is 10 000 spawns (and cancels).
+    The actor waits for the next snapshot or a control trigger in its own task."""
+    actor = Actor(balances=dict(BELOW_THRESHOLD))
+
+    async def body(nursery: trio.Nursery) -> None:
+        await actor.evaluation()
+        counter = SpawnCounter()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for _ in range(5):
+                assert await actor.evaluation() == WITHIN_TOLERANCE
+            assert await actor.evaluation(actor.trigger) == WITHIN_TOLERANCE
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert counter.spawned == 0
+
+    await running(actor, body)
+
+
+async def test_far_inside_the_threshold_the_exact_evaluation_is_skipped_never_near_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: a float screen skips the Decimal engine for portfolios far inside tolerance
+    (after one exact evaluation has accepted the portfolio); near the threshold, and for every
+    decision to trade, the exact engine runs."""
+    exact: list[Decimal | None] = []
+
+    def counting(*args: Any, **kwargs: Any) -> drift.Decision:
+        decision = drift.evaluate(*args, **kwargs)
+        exact.append(decision.max_drift)
+        return decision
+
+    monkeypatch.setattr(portfolio, "evaluate", counting)
+    actor = Actor(balances=holding("5100", "1.96"))  # 4 900 USD of WETH: drift 0.02
+
+    async def body(nursery: trio.Nursery) -> None:
+        assert await actor.evaluation() == WITHIN_TOLERANCE  # the first one is exact
+        for _ in range(3):
+            assert await actor.evaluation() == WITHIN_TOLERANCE
+        assert exact == [Decimal("0.02")]
+        assert actor.state.last_max_drift == Decimal("0.020000")
+        actor.balances = dict(BELOW_THRESHOLD)  # 0.14: within the screen's margin
+        assert await actor.evaluation() == WITHIN_TOLERANCE
+        actor.balances = dict(DRIFTED)
+        assert await actor.evaluation() == "SUCCESS:"
+        assert exact == [Decimal("0.02"), Decimal("0.14"), Decimal("0.2")]
 
     await running(actor, body)
 
