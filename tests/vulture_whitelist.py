@@ -33,3 +33,6 @@ _.final_value_usd
 _.mean_drift_pct
 _.max_drift_pct
 _.volatility_pct
+
+# Trio calls an instrument's hooks by name.
+_.task_spawned
