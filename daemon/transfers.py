@@ -18,8 +18,9 @@ Correctness rules, each tested on the devnet (``tests/test_transfers.py``):
   hash check) as soon as the chain grows past the block applied last.
 - **Tokens whose balances change without ``Transfer`` events** (rebasing tokens, declared in
   ``rebasing``) are read in full on every advance, never computed from logs.
-- ``reconcile()`` (periodically, and at start) replaces every balance with a full batched read,
-  so a token that misbehaves in a way nobody declared is corrected within one period.
+- ``verify()`` (periodically) reads every balance at the block applied last: a token whose
+  balances the logs got wrong is detected, corrected and read in full from then on, so a token
+  that misbehaves in a way nobody declared is caught within one period.
 
 Not wired into the portfolio actors yet (issue 15): :class:`daemon.balances.BalanceBatcher`
 still serves them.
@@ -81,6 +82,23 @@ class TransferFollower:
         self.balances = await self._read(self.accounts, self.tokens, head.number)
         self.block = head
         self.reconciles += 1
+
+    async def verify(self) -> list[str]:
+        """Read every balance at the block applied last and compare with what the logs gave.
+
+        Tokens whose balances differ change without ``Transfer`` events (a rebase, interest, a
+        non-standard token): they are moved to :attr:`rebasing` — read in full from now on — and
+        returned, so the caller can warn. Every balance is then the one read."""
+        if self.block is None:
+            await self.reconcile()
+            return []
+        actual = await self._read(self.accounts, self.tokens, self.block.number)
+        changed = sorted(
+            {key[1] for key, value in actual.items() if self.balances.get(key) != value}
+        )
+        self.rebasing = self.rebasing | frozenset(changed)
+        self.balances = actual
+        return changed
 
     async def advance(self) -> None:
         """Apply every block since the last one applied, up to the node's head."""

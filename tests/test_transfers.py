@@ -99,5 +99,12 @@ async def test_a_declared_rebasing_token_is_read_not_computed(
         assert trusting.balances_of(recipient)[usdc] == 0  # what logs alone say: wrong
         assert declared.balances_of(recipient)[usdc] == 42 * 10**6
         await agrees(chain, declared)
-        await trusting.reconcile()  # the periodic full read corrects what nobody declared
+        # The periodic check catches what nobody declared, and reads that token from then on.
+        assert await trusting.verify() == [usdc]
+        assert usdc in trusting.rebasing
         await agrees(chain, trusting)
+        await chain.request("anvil_setStorageAt", [usdc, "0x" + slot.hex(), "0x" + "00" * 32])
+        await evm_mine(chain)
+        await trusting.advance()
+        await agrees(chain, trusting)
+        assert await trusting.verify() == []
