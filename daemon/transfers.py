@@ -116,15 +116,20 @@ class TransferFollower:
         if seen.hash != self.block.hash:
             await self.reconcile()  # a reorg replaced the block we applied last
             return
+        # Everything is fetched first and applied with no await in between: an advance that is
+        # cancelled or fails midway changes nothing (applying part of it would count those logs
+        # twice on the next advance).
+        logs: list[Json] = []
         start = self.block.number + 1
         while start <= head.number:
             end = min(start + self.max_range - 1, head.number)
-            self._apply(await self._logs(start, end))
+            logs += await self._logs(start, end)
             start = end + 1
+        rebased = {}
         if self.rebasing:
-            self.balances.update(
-                await self._read(self.accounts, sorted(self.rebasing), head.number)
-            )
+            rebased = await self._read(self.accounts, sorted(self.rebasing), head.number)
+        self._apply(logs)
+        self.balances.update(rebased)
         self.block = head
 
     async def _logs(self, start: int, end: int) -> list[Json]:

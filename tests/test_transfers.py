@@ -9,6 +9,7 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from daemon.chain import ChainClient
+from daemon.chain_errors import Json, RpcTransportError
 from daemon.devtools.devnet_anvil import evm_mine, evm_revert, evm_snapshot
 from daemon.devtools.devnet_deploy import fund
 from daemon.devtools.devnet_records import Devnet
@@ -108,3 +109,33 @@ async def test_a_declared_rebasing_token_is_read_not_computed(
         await trusting.advance()
         await agrees(chain, trusting)
         assert await trusting.verify() == []
+
+
+async def test_an_advance_that_fails_midway_changes_nothing(
+    chain: ChainClient, devnet: Devnet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logs are applied only once all of them are in: a node that fails on the second range
+    leaves the follower where it was, and the next advance counts each transfer once."""
+    with trio.fail_after(30):
+        recipient = Account.create().address
+        tracked = follower(chain, devnet, recipient, max_range=1)
+        await tracked.advance()
+        for amount in (2, 3):
+            await fund(chain, devnet, recipient, {"USDC": amount * 10**6})
+        before = (dict(tracked.balances), tracked.block)
+        original = TransferFollower._logs
+        calls = 0
+
+        async def flaky(self: TransferFollower, start: int, end: int) -> list[Json]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise RpcTransportError("connection reset")
+            return await original(self, start, end)
+
+        monkeypatch.setattr(TransferFollower, "_logs", flaky)
+        with pytest.raises(RpcTransportError):
+            await tracked.advance()
+        assert (tracked.balances, tracked.block) == before
+        await tracked.advance()
+        await agrees(chain, tracked)
