@@ -42,6 +42,7 @@ from daemon.executor_status import ExecutorStatus
 from daemon.faults import Faults
 from daemon.feed_status import FeedStatus
 from daemon.health import HealthSocketInUse, serve_health
+from daemon.held_balances import HeldBalances
 from daemon.history import PriceStore, Valuations
 from daemon.latest import Latest
 from daemon.live_config import ConfigHolder, RuntimeParamsWatcher, reload_config
@@ -111,6 +112,8 @@ class Daemon:
     gate: RebalanceGate
     now: Callable[[], datetime]
     started_at: datetime
+    held: HeldBalances | None = None
+    """The balance follower (``chain.follow_transfers``), or None: every balance read."""
 
 
 @attrs.frozen
@@ -119,6 +122,8 @@ class _Starts:
 
     requests: trio.MemoryReceiveChannel[RebalanceRequest]
     batcher: BalanceBatcher
+    held: HeldBalances | None
+    """``chain.follow_transfers``: balances followed from Transfer logs (else the batcher's)."""
     prices: PriceStore
     runtime_params: RuntimeParamsWatcher
     uniswap: UniswapV2
@@ -227,9 +232,10 @@ def _assemble(
     gate = RebalanceGate(s.executor.status)
     # Every actor's balance reads in a few JSON-RPC batches per tick, not one each.
     batcher = BalanceBatcher(chain, max_calls=s.config.current.chain.max_batch_calls)
+    held = HeldBalances(chain, batcher) if s.config.current.chain.follow_transfers else None
     deps = PortfolioDeps(
         snapshots=snapshots,
-        balances=batcher,
+        balances=batcher if held is None else held,
         requests=send,
         executor=s.executor,
         delegations=s.modes,
@@ -263,10 +269,12 @@ def _assemble(
         gate=gate,
         now=now,
         started_at=utc_now(),
+        held=held,
     )
     starts = _Starts(
         requests=receive,
         batcher=batcher,
+        held=held,
         prices=PriceStore(database, s.tokens, s.outages),
         runtime_params=RuntimeParamsWatcher(s.config, database),
         uniswap=s.uniswap,
@@ -306,6 +314,8 @@ async def _start_actors(
     )
     await nursery.start(daemon.supervisor.run)
     await nursery.start(starts.batcher.run)
+    if starts.held is not None:
+        await nursery.start(starts.held.run)
     await nursery.start(daemon.portfolios.watch)
     await nursery.start(run_probes, daemon)
 

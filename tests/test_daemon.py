@@ -133,12 +133,19 @@ async def finished_rows(db: dbm.Database, portfolio: str) -> list[dbm.RebalanceL
     return [row for row in rows if row.status != "PENDING"]
 
 
+async def followed(daemon: Daemon, account: str) -> bool:
+    follower = daemon.held.follower if daemon.held is not None else None
+    return follower is not None and account in follower.accounts
+
+
 async def evaluated(daemon: Daemon, name: str, count: int) -> bool:
     actor = daemon.supervisor.actors.get(name)
     return actor is not None and actor.state.evaluations >= count
 
 
-@pytest.mark.parametrize("source", ["router", "oracle"])
+@pytest.mark.parametrize(
+    ("source", "follow"), [("router", False), ("oracle", False), ("router", True)]
+)
 async def test_market_move_is_rebalanced_back_within_threshold(
     chain: ChainClient,
     devnet: Devnet,
@@ -146,21 +153,41 @@ async def test_market_move_is_rebalanced_back_within_threshold(
     db: dbm.Database,
     tmp_path: Path,
     source: str,
+    follow: bool,
     coingecko_from_pools: str,
 ) -> None:
     overrides: dict[str, Any] = {"prices": {"source": source}}
+    daemon_overrides = dict(overrides)
+    if follow:  # balances from the Transfer-log follower (issue 15)
+        daemon_overrides["chain"] = {"follow_transfers": True}
     if source == "oracle":
         overrides["prices"]["coingecko_base_url"] = coingecko_from_pools
     with trio.fail_after(90):
         await setup_portfolio(chain, devnet, db_config, tmp_path, **overrides)
         account = devnet.accounts[0].address
         assert await portfolio_drift(chain, devnet, account, TARGETS) < Decimal("0.01")
-        async with running_daemon(devnet, db_config, **overrides) as daemon:
+        async with running_daemon(devnet, db_config, **daemon_overrides) as daemon:
             await wait_for(lambda: evaluated(daemon, "main", 1), "a first evaluation")
             assert await finished_rows(db, "main") == []  # balanced: nothing to do
             await move_price(chain, devnet, "WETH", Decimal("1.3"))
             assert await portfolio_drift(chain, devnet, account, TARGETS) > Decimal("0.15")
             (row,) = await wait_for(lambda: finished_rows(db, "main"), "a rebalance")
+            if follow:
+                # The actor's balances now come from the follower, which saw the swap's
+                # transfers: its next evaluation finds the portfolio back inside the threshold.
+                assert daemon.held is not None
+                assert await wait_for(lambda: followed(daemon, account), "the follower")
+                seen = daemon.supervisor.actors["main"].state.evaluations
+                await move_price(chain, devnet, "WETH", Decimal("1.01"))  # a new tick
+                await wait_for(lambda: evaluated(daemon, "main", seen + 1), "an evaluation")
+                drift = daemon.supervisor.actors["main"].state.last_max_drift
+                assert drift is not None
+                assert drift < Decimal("0.15")
+                follower = daemon.held.follower
+                assert follower is not None
+                assert follower.balances_of(account) == await chain.balances(
+                    account, follower.tokens
+                )
         assert row.status == "SUCCESS", row.error
         receipt = await chain.get_transaction_receipt(row.transaction_hash or "")
         assert receipt is not None

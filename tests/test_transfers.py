@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import trio
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_utils.crypto import keccak
 
+from daemon.balances import BalanceBatcher
 from daemon.chain import ChainClient
 from daemon.chain_errors import Json, RpcTransportError
 from daemon.devtools.devnet_anvil import evm_mine, evm_revert, evm_snapshot
 from daemon.devtools.devnet_deploy import fund
 from daemon.devtools.devnet_records import Devnet
+from daemon.held_balances import HeldBalances
 from daemon.transfers import TransferFollower
 
 pytestmark = pytest.mark.chain
@@ -139,3 +143,42 @@ async def test_an_advance_that_fails_midway_changes_nothing(
         assert (tracked.balances, tracked.block) == before
         await tracked.advance()
         await agrees(chain, tracked)
+
+
+async def test_held_balances_answer_a_tick_of_reads_with_one_advance(
+    chain: ChainClient, devnet: Devnet
+) -> None:
+    """The actors' reader: an unknown account is read through the fallback and followed from
+    the next rebuild; then a whole tick of reads costs one advance (3 requests), each answer
+    with the block it is as of, equal to balanceOf at that block."""
+    tokens = [token.address for token in devnet.tokens]
+    accounts = [Account.create().address for _ in range(50)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            batcher = BalanceBatcher(chain)
+            await nursery.start(batcher.run)
+            held = HeldBalances(chain, batcher)
+            await nursery.start(held.run)
+            for account in accounts:  # first sight: read through the batcher
+                _, block = await held.read_with_block(account, tokens)
+                assert block is not None
+            while held.follower is None or len(held.follower.accounts) < len(accounts):
+                await trio.sleep(0.05)
+            await fund(chain, devnet, accounts[7], {"USDC": 5 * 10**6})
+            await trio.sleep(1.1)  # past FRESHNESS: the next read advances
+            sent = chain.requests_sent
+            answers: dict[str, tuple[Mapping[str, int], int | None]] = {}
+
+            async def read(account: str) -> None:
+                answers[account] = await held.read_with_block(account, tokens)
+
+            async with trio.open_nursery() as reads:
+                for account in accounts:
+                    reads.start_soon(read, account)
+            assert chain.requests_sent - sent <= 3
+            (block,) = {block for _, block in answers.values()}
+            assert block is not None
+            assert answers[accounts[7]][0][devnet.token("USDC").address] == 5 * 10**6
+            for account in (accounts[0], accounts[7]):
+                assert answers[account][0] == await chain.balances(account, tokens)
+            nursery.cancel_scope.cancel()

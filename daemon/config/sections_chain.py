@@ -15,6 +15,7 @@ from daemon.config.checks import at_least, basis_points, http_url, non_negative,
 from daemon.config.declare import setting
 from daemon.config.values import (
     parse_address,
+    parse_bool,
     parse_decimal,
     parse_float,
     parse_int,
@@ -54,6 +55,13 @@ class ChainConfig:
         "Most eth_calls in one JSON-RPC batch (portfolios' balance reads are coalesced into "
         "batches; some hosted nodes accept fewer).",
         check=at_least(1),
+    )
+    follow_transfers: bool = setting(
+        False,
+        parse_bool,
+        "Keep portfolio balances from the tokens' Transfer logs (one eth_getLogs per tick, "
+        "whatever the number of portfolios) instead of reading every balance every tick; "
+        "tokens whose balances change without Transfer events are detected and read in full.",
     )
 
 

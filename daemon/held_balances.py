@@ -1,0 +1,145 @@
+"""The portfolio actors' balances from a :class:`~daemon.transfers.TransferFollower` (issue 15).
+
+With ``chain.follow_transfers`` the actors read their balances here instead of asking the node
+every tick. An account or token not followed yet is read through the fallback (the
+:class:`~daemon.balances.BalanceBatcher`) and joins the followed set at the next rebuild, a
+second later. For a followed account, the first read after ``FRESHNESS`` seconds advances the
+follower (a head read, a block read for the reorg check and one ``eth_getLogs``), and every
+other actor's read in the same tick waits for that advance and is answered from memory: the
+cost per tick no longer depends on the number of portfolios.
+
+Each answer carries the block its balances are as of, which is what the executor needs to
+refuse a plan that predates a trade of the portfolio. A failed advance raises its
+:class:`~daemon.chain_errors.ChainError` to every reader waiting for it, so those actors skip
+the tick, as they do when a read fails. ``verify()`` runs every ``VERIFY_EVERY`` seconds. It
+finds tokens whose balances change without ``Transfer`` events and reads those in full from
+then on. The advance, the verify and the rebuild are serialised by one lock, so none of them
+sees another half done; each replaces the balances and their block together, with no await in
+between, so a read needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final, NoReturn, Protocol
+
+import attrs
+import trio
+
+from daemon.address import to_address
+from daemon.backoff import Backoff
+from daemon.chain import ChainClient
+from daemon.chain_errors import ChainError
+from daemon.logs import get_logger
+from daemon.transfers import TransferFollower
+
+FRESHNESS: Final = 1.0
+"""Seconds one advance serves every read (a tick's reads share one)."""
+VERIFY_EVERY: Final = 60.0
+"""Seconds between full reads that catch balances changing without Transfer events."""
+REBUILD_SETTLE: Final = 1.0
+"""Seconds to gather newly seen accounts before one rebuild reads them all."""
+
+
+class FallbackReader(Protocol):
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]: ...
+
+
+@attrs.define(eq=False)
+class HeldBalances:
+    """Balances for the portfolio actors, followed from logs once an account is known."""
+
+    chain: ChainClient
+    fallback: FallbackReader
+    rebasing: frozenset[str] = frozenset()
+    follower: TransferFollower | None = attrs.field(default=None, init=False)
+    _accounts: set[str] = attrs.field(factory=set, init=False)
+    _tokens: set[str] = attrs.field(factory=set, init=False)
+    _wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _advanced_at: float = attrs.field(default=float("-inf"), init=False)
+
+    async def read_with_block(
+        self, account: str, tokens: Iterable[str]
+    ) -> tuple[Mapping[str, int], int | None]:
+        account = to_address(account)
+        wanted = tuple(to_address(token) for token in tokens)
+        follower = self.follower
+        if (
+            follower is None
+            or account not in follower.accounts
+            or not (set(wanted) <= set(follower.tokens))
+        ):
+            self._want(account, wanted)
+            return await self.fallback.read_with_block(account, wanted)
+        if trio.current_time() - self._advanced_at >= FRESHNESS:
+            async with self._lock:  # the first reader of a tick advances; the others wait
+                if trio.current_time() - self._advanced_at >= FRESHNESS:
+                    assert self.follower is not None  # a rebuild only ever replaces it
+                    await self.follower.advance()
+                    self._advanced_at = trio.current_time()
+        # Mutations replace balances and block together, with no await in between: a read
+        # here sees one consistent state without taking the lock.
+        follower = self.follower
+        assert follower is not None
+        assert follower.block is not None
+        return (
+            {token: follower.balances[(account, token)] for token in wanted},
+            follower.block.number,
+        )
+
+    def _want(self, account: str, tokens: Iterable[str]) -> None:
+        self._accounts.add(account)
+        self._tokens.update(tokens)
+        self._wanted.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Rebuild the follower when new accounts or tokens are seen; verify it periodically."""
+        log = get_logger(actor="balances")
+        schedule = Backoff(initial=1.0, maximum=60.0)
+        failures = 0
+        task_status.started()
+        while True:
+            with trio.move_on_after(VERIFY_EVERY):
+                await self._wanted.wait()
+            try:
+                if self._wanted.is_set():
+                    await trio.sleep(REBUILD_SETTLE)
+                    await self._rebuild()
+                else:
+                    await self._verify()
+            except ChainError as exc:
+                failures += 1
+                log.warning("balance_follower_failed", error=str(exc), attempt=failures)
+                await trio.sleep(schedule.delay(failures - 1))
+                continue
+            failures = 0
+
+    async def _rebuild(self) -> None:
+        self._wanted = trio.Event()
+        follower = TransferFollower(
+            self.chain, sorted(self._tokens), sorted(self._accounts), rebasing=self.rebasing
+        )
+        if self.follower is not None:
+            follower.rebasing |= self.follower.rebasing  # keep what verify found
+        await follower.reconcile()
+        async with self._lock:
+            self.follower = follower
+            self._advanced_at = trio.current_time()
+
+    async def _verify(self) -> None:
+        follower = self.follower
+        if follower is None:
+            return
+        async with self._lock:
+            changed = await follower.verify()
+        if changed:
+            get_logger(actor="balances").warning(
+                "balances_change_without_transfers",
+                tokens=changed,
+                action="read in full from now on",
+            )
