@@ -232,7 +232,8 @@ def _assemble(
     gate = RebalanceGate(s.executor.status)
     # Every actor's balance reads in a few JSON-RPC batches per tick, not one each.
     batcher = BalanceBatcher(chain, max_calls=s.config.current.chain.max_batch_calls)
-    held = HeldBalances(chain, batcher) if s.config.current.chain.follow_transfers else None
+    follow = s.config.current.chain.follow_transfers
+    held = HeldBalances(chain, batcher, snapshots) if follow else None
     deps = PortfolioDeps(
         snapshots=snapshots,
         balances=batcher if held is None else held,

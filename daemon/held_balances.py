@@ -3,10 +3,10 @@
 With ``chain.follow_transfers`` the actors read their balances here instead of asking the node
 every tick. An account or token not followed yet is read through the fallback (the
 :class:`~daemon.balances.BalanceBatcher`) and joins the followed set at the next rebuild, a
-second later. For a followed account, the first read after ``FRESHNESS`` seconds advances the
-follower (a head read, a block read for the reorg check and one ``eth_getLogs``), and every
-other actor's read in the same tick waits for that advance and is answered from memory: the
-cost per tick no longer depends on the number of portfolios.
+second later. For a followed account, the first read of each new price tick (or after
+``FRESHNESS`` seconds) advances the follower (a head read, a block read for the reorg check
+and one ``eth_getLogs``), and every other actor's read in the same tick waits for that advance
+and is answered from memory: the cost per tick no longer depends on the number of portfolios.
 
 Each answer carries the block its balances are as of, which is what the executor needs to
 refuse a plan that predates a trade of the portfolio. A failed advance raises its
@@ -41,6 +41,11 @@ REBUILD_SETTLE: Final = 1.0
 """Seconds to gather newly seen accounts before one rebuild reads them all."""
 
 
+class Ticks(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
 class FallbackReader(Protocol):
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
@@ -53,6 +58,8 @@ class HeldBalances:
 
     chain: ChainClient
     fallback: FallbackReader
+    ticks: Ticks
+    """The price snapshots: the first read of each new tick advances the follower."""
     rebasing: frozenset[str] = frozenset()
     follower: TransferFollower | None = attrs.field(default=None, init=False)
     _accounts: set[str] = attrs.field(factory=set, init=False)
@@ -60,6 +67,8 @@ class HeldBalances:
     _wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _advanced_at: float = attrs.field(default=float("-inf"), init=False)
+    _advanced_for: int = attrs.field(default=-1, init=False)
+    """The snapshot version the follower last advanced for."""
 
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
@@ -74,12 +83,14 @@ class HeldBalances:
         ):
             self._want(account, wanted)
             return await self.fallback.read_with_block(account, wanted)
-        if trio.current_time() - self._advanced_at >= FRESHNESS:
+        if self._stale():
             async with self._lock:  # the first reader of a tick advances; the others wait
-                if trio.current_time() - self._advanced_at >= FRESHNESS:
+                if self._stale():
+                    version = self.ticks.version
                     assert self.follower is not None  # a rebuild only ever replaces it
                     await self.follower.advance()
                     self._advanced_at = trio.current_time()
+                    self._advanced_for = version
         # Mutations replace balances and block together, with no await in between: a read
         # here sees one consistent state without taking the lock.
         follower = self.follower
@@ -88,6 +99,14 @@ class HeldBalances:
         return (
             {token: follower.balances[(account, token)] for token in wanted},
             follower.block.number,
+        )
+
+    def _stale(self) -> bool:
+        # Once per tick (a plan made on balances from before our own last trade would only be
+        # refused by the executor), and at most FRESHNESS apart otherwise (rebalance-now).
+        return (
+            self.ticks.version != self._advanced_for
+            or trio.current_time() - self._advanced_at >= FRESHNESS
         )
 
     def _want(self, account: str, tokens: Iterable[str]) -> None:

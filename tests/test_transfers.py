@@ -17,6 +17,7 @@ from daemon.devtools.devnet_anvil import evm_mine, evm_revert, evm_snapshot
 from daemon.devtools.devnet_deploy import fund
 from daemon.devtools.devnet_records import Devnet
 from daemon.held_balances import HeldBalances
+from daemon.latest import Latest
 from daemon.transfers import TransferFollower
 
 pytestmark = pytest.mark.chain
@@ -157,7 +158,8 @@ async def test_held_balances_answer_a_tick_of_reads_with_one_advance(
         async with trio.open_nursery() as nursery:
             batcher = BalanceBatcher(chain)
             await nursery.start(batcher.run)
-            held = HeldBalances(chain, batcher)
+            ticks: Latest[int] = Latest()
+            held = HeldBalances(chain, batcher, ticks)
             await nursery.start(held.run)
             for account in accounts:  # first sight: read through the batcher
                 _, block = await held.read_with_block(account, tokens)
@@ -165,7 +167,7 @@ async def test_held_balances_answer_a_tick_of_reads_with_one_advance(
             while held.follower is None or len(held.follower.accounts) < len(accounts):
                 await trio.sleep(0.05)
             await fund(chain, devnet, accounts[7], {"USDC": 5 * 10**6})
-            await trio.sleep(1.1)  # past FRESHNESS: the next read advances
+            ticks.publish(1)  # a new tick: its first read advances
             sent = chain.requests_sent
             answers: dict[str, tuple[Mapping[str, int], int | None]] = {}
 
