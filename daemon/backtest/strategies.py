@@ -25,6 +25,7 @@ from daemon.drift import (
     Leg,
     NoRebalance,
     Rebalance,
+    TokenDrift,
     evaluate,
     plan_legs,
     value_portfolio,
@@ -112,13 +113,9 @@ class SeedStrategy:
         targets: Mapping[str, Decimal],
         prices: Mapping[str, Decimal],
     ) -> list[Leg]:
-        valued = value_portfolio(holdings, targets, prices, {})
-        if isinstance(valued, NoRebalance):
-            return []
-        _, drifts = valued
+        drifts = _drifts(holdings, targets, prices)
         beyond = [d for d in drifts if abs(d.drift) >= self.params.drift_threshold]
-        by_symbol = {h.symbol: h for h in holdings}
-        return plan_legs(beyond, by_symbol, prices, self.params)
+        return plan_legs(beyond, _by_symbol(holdings), prices, self.params)
 
 
 @attrs.frozen
@@ -139,11 +136,19 @@ class CalendarStrategy:
         targets: Mapping[str, Decimal],
         prices: Mapping[str, Decimal],
     ) -> list[Leg]:
-        valued = value_portfolio(holdings, targets, prices, {})
-        if isinstance(valued, NoRebalance):
-            return []
-        _, drifts = valued
-        by_symbol = {h.symbol: h for h in holdings}
+        to_target = attrs.evolve(self.params, rebalance_to="target")
         return plan_legs(
-            drifts, by_symbol, prices, attrs.evolve(self.params, rebalance_to="target")
+            _drifts(holdings, targets, prices), _by_symbol(holdings), prices, to_target
         )
+
+
+def _drifts(
+    holdings: Sequence[Holding], targets: Mapping[str, Decimal], prices: Mapping[str, Decimal]
+) -> tuple[TokenDrift, ...]:
+    """Every token's drift, or none when the portfolio cannot be valued (then nothing trades)."""
+    valued = value_portfolio(holdings, targets, prices, {})
+    return () if isinstance(valued, NoRebalance) else valued[1]
+
+
+def _by_symbol(holdings: Sequence[Holding]) -> dict[str, Holding]:
+    return {holding.symbol: holding for holding in holdings}
