@@ -125,6 +125,8 @@ class _Starts:
     held: HeldBalances | None
     """``chain.follow_transfers``: balances followed from Transfer logs (else the batcher's)."""
     prices: PriceStore
+    valuations: Valuations
+    """Writes the actors' valuations in batches."""
     runtime_params: RuntimeParamsWatcher
     uniswap: UniswapV2
 
@@ -234,6 +236,7 @@ def _assemble(
     batcher = BalanceBatcher(chain, max_calls=s.config.current.chain.max_batch_calls)
     follow = s.config.current.chain.follow_transfers
     held = HeldBalances(chain, batcher, snapshots) if follow else None
+    valuations = Valuations(database, s.tokens, s.config, now, s.outages)
     deps = PortfolioDeps(
         snapshots=snapshots,
         balances=batcher if held is None else held,
@@ -245,9 +248,10 @@ def _assemble(
         alerts=s.alerts,
         admission=gate,
         supervisor=s.supervisor,
-        valuations=Valuations(database, s.tokens, s.config),
+        valuations=valuations,
         faults=s.executor.faults,
     )
+    probes = Probes()
     reconciler = PortfolioReconciler(
         database, chain, signer.address, s.config, s.tokens, s.modes, s.supervisor, deps
     )
@@ -264,9 +268,9 @@ def _assemble(
         portfolios=reconciler,
         feed=FeedStatus(s.config, s.metrics),
         alerts=s.alerts,
-        metrics=LiveMetrics(s.metrics, s.config, s.supervisor, s.executor, now),
+        metrics=LiveMetrics(s.metrics, s.config, s.supervisor, s.executor, now, probes),
         notifier=s.notifier,
-        probes=Probes(),
+        probes=probes,
         gate=gate,
         now=now,
         started_at=utc_now(),
@@ -277,6 +281,7 @@ def _assemble(
         batcher=batcher,
         held=held,
         prices=PriceStore(database, s.tokens, s.outages),
+        valuations=valuations,
         runtime_params=RuntimeParamsWatcher(s.config, database),
         uniswap=s.uniswap,
     )
@@ -313,6 +318,7 @@ async def _start_actors(
             alerts=daemon.alerts,
         )
     )
+    await nursery.start(starts.valuations.run)
     await nursery.start(daemon.supervisor.run)
     await nursery.start(starts.batcher.run)
     if starts.held is not None:

@@ -87,27 +87,29 @@ def _masked(text: str | None) -> str | None:
     return None if text is None else mask_url(text)
 
 
+def portfolio_state(supervised: Supervised[PortfolioState], remaining_seconds: float) -> str:
+    """A running actor's state in one word (health's ``state``, the metrics' state label):
+    parked, paused, restarting, starting, cooling_down or running."""
+    if supervised.status == "parked":
+        return "parked"
+    if supervised.state.paused:
+        return "paused"
+    if supervised.status == "backoff":
+        return "restarting"
+    if supervised.status == "starting":
+        return "starting"
+    return "cooling_down" if remaining_seconds > 0 else "running"
+
+
 def portfolio_health(
     supervised: Supervised[PortfolioState], now: datetime, cooldown_minutes: Decimal
 ) -> dict[str, Any]:
     """One portfolio's entry in the health document."""
     state = supervised.state
     remaining = cooldown_remaining(state.last_success_at, now, cooldown_minutes).total_seconds()
-    if supervised.status == "parked":
-        summary = "parked"
-    elif state.paused:
-        summary = "paused"
-    elif supervised.status == "backoff":
-        summary = "restarting"
-    elif supervised.status == "starting":
-        summary = "starting"
-    elif remaining > 0:
-        summary = "cooling_down"
-    else:
-        summary = "running"
     outcome = state.last_outcome
     return {
-        "state": summary,
+        "state": portfolio_state(supervised, remaining),
         "actor_status": supervised.status,
         "paused": state.paused,
         "in_flight": state.in_flight,

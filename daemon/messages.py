@@ -19,6 +19,8 @@ import trio
 from daemon.drift import Rebalance
 
 PriceSourceName = Literal["oracle", "router"]
+ValuationKind = Literal["interval", "before_rebalance", "after_rebalance"]
+"""Why a portfolio's valuation was stored: on ``report.valuation_interval``, or around a trade."""
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ import ipaddress
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Final, NoReturn
 
@@ -49,6 +49,9 @@ GAS_USD_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250)
 SLIPPAGE_BUCKETS: Final = (-0.01, -0.001, 0, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05)
 ATTEMPT_STATUSES: Final = frozenset({"SUCCESS", "FAILED"})
 """Statuses that count as real attempts for the success rate (not DRY_RUN or skips)."""
+PORTFOLIO_STATES: Final = ("running", "cooling_down", "paused", "parked", "restarting", "starting")
+"""The values of ``driftd_portfolio_state``'s ``state`` label (the health document's states of a
+running actor)."""
 HTTP_TIMEOUT: Final = 10.0
 MAX_HTTP_CONNECTIONS: Final = 16
 
@@ -89,6 +92,8 @@ class Metrics:
         self._traded_usd_total = 0.0
         self._last_tick: float | None = None
         self._price_head: float | None = None
+        self._chain_head: float | None = None
+        self._states: dict[str, str] = {}
 
         Info("driftd_build", "The running driftd.", registry=self.registry).info(
             {"version": version}
@@ -152,12 +157,63 @@ class Metrics:
             "Seconds until the portfolio may rebalance again.",
             "portfolio",
         )
+        self.portfolio_state = self._gauge(
+            "driftd_portfolio_state",
+            "1, labelled with the portfolio's current state (one of "
+            + ", ".join(PORTFOLIO_STATES)
+            + "): one series per portfolio.",
+            "portfolio",
+            "state",
+        )
+        self.executor_requested = self._gauge(
+            "driftd_executor_requested_rebalances",
+            "Portfolios whose rebalance request waits for or is carried out by the executor.",
+        )
         self.executor_pending = self._gauge(
             "driftd_executor_pending_transactions",
-            "Transactions broadcast and waiting for a receipt.",
+            "Rebalance requests the executor is carrying out now.",
         )
         self.executor_next_nonce = self._gauge(
             "driftd_executor_next_nonce", "The signer's next nonce."
+        )
+        self.executor_unsettled = self._gauge(
+            "driftd_executor_unsettled_transactions",
+            "Nonces signed and not yet provably consumed.",
+        )
+        self.executor_recovering = self._gauge(
+            "driftd_executor_recovering_attempts",
+            "Attempts of a previous run still being settled.",
+        )
+        self.executor_blocked = self._gauge(
+            "driftd_executor_signer_blocked",
+            "1 while no new transaction can be sent (SIGNER_BLOCKED: e.g. no ETH for gas).",
+        )
+        self.executor_stuck = self._gauge(
+            "driftd_executor_stuck_seconds",
+            "Seconds the oldest unsettled transaction has been open once past "
+            "execution.stuck_after (TX_STUCK), else 0.",
+        )
+        self.database_up = self._gauge(
+            "driftd_database_up", "1 if the last database probe succeeded."
+        )
+        self.chain_up = self._gauge("driftd_chain_up", "1 if the last chain head probe succeeded.")
+        self._computed(
+            "driftd_chain_head_block_age_seconds",
+            "Seconds since the timestamp of the latest head block the probes saw (NaN before "
+            "the first).",
+            self._chain_head_age,
+        )
+        self.drift_threshold = self._gauge(
+            "driftd_drift_threshold_ratio",
+            "rebalance.drift_threshold in force: a larger max drift rebalances.",
+        )
+        self.high_drift = self._gauge(
+            "driftd_high_drift_alert_ratio",
+            "alerts.high_drift in force: a larger max drift raises HIGH_DRIFT.",
+        )
+        self.price_max_age = self._gauge(
+            "driftd_price_max_age_seconds",
+            "prices.max_age in force: older prices are not traded on.",
         )
         self.config_generation = self._gauge(
             "driftd_config_generation", "Configuration generation (+1 per reload)."
@@ -269,12 +325,31 @@ class Metrics:
     def cooldown_remaining(self, portfolio: str, seconds: float) -> None:
         self.cooldown.labels(portfolio=portfolio).set(max(0.0, seconds))
 
+    def portfolio_state_is(self, portfolio: str, state: str) -> None:
+        """A running portfolio's state, one of :data:`PORTFOLIO_STATES` (only a change costs:
+        this runs for every portfolio at every scrape)."""
+        previous = self._states.get(portfolio)
+        if previous == state:
+            return
+        if previous is not None:
+            self.portfolio_state.remove(portfolio, previous)
+        self._states[portfolio] = state
+        self.portfolio_state.labels(portfolio=portfolio, state=state).set(1)
+
+    def retain_portfolios(self, running: Iterable[str]) -> None:
+        """Forget every portfolio given a state that is not ``running`` (deactivated)."""
+        for gone in self._states.keys() - set(running):
+            self.forget_portfolio(gone)
+
     def forget_portfolio(self, portfolio: str) -> None:
         """A portfolio was deactivated: drop its gauges (its counters stay, as counters do)."""
         self._drifts.pop(portfolio, None)
         for gauge in (self.max_drift, self.cooldown):
             with contextlib.suppress(KeyError):  # never set
                 gauge.remove(portfolio)
+        state = self._states.pop(portfolio, None)
+        if state is not None:
+            self.portfolio_state.remove(portfolio, state)
 
     def price_tick(self, source: str, at: float | None = None) -> None:
         """A snapshot was published; ``at`` is its Unix time (default: now)."""
@@ -293,10 +368,40 @@ class Metrics:
     def rpc_request(self, method: str, ok: bool) -> None:
         self.rpc_requests.labels(method=method, outcome="ok" if ok else "error").inc()
 
-    def executor(self, *, pending: int, next_nonce: int | None) -> None:
+    def executor(
+        self,
+        *,
+        pending: int,
+        next_nonce: int | None,
+        requested: int = 0,
+        unsettled: int = 0,
+        recovering: int = 0,
+        blocked: bool = False,
+        stuck_seconds: float | None = None,
+    ) -> None:
         self.executor_pending.set(pending)
         if next_nonce is not None:
             self.executor_next_nonce.set(next_nonce)
+        self.executor_requested.set(requested)
+        self.executor_unsettled.set(unsettled)
+        self.executor_recovering.set(recovering)
+        self.executor_blocked.set(blocked)
+        self.executor_stuck.set(stuck_seconds or 0.0)
+
+    def probed(self, *, database_ok: bool, chain_ok: bool, head_at: float | None) -> None:
+        """What the background probes last saw; ``head_at`` is the head block's Unix time."""
+        self.database_up.set(database_ok)
+        self.chain_up.set(chain_ok)
+        if head_at is not None:
+            self._chain_head = head_at
+
+    def settings(
+        self, *, drift_threshold: Decimal, high_drift: Decimal, max_price_age: float
+    ) -> None:
+        """The thresholds in force, so that dashboards and alert rules compare against them."""
+        self.drift_threshold.set(float(drift_threshold))
+        self.high_drift.set(float(high_drift))
+        self.price_max_age.set(max_price_age)
 
     def alert(self, kind: str) -> None:
         self.alerts.labels(kind=kind).inc()
@@ -318,6 +423,9 @@ class Metrics:
 
     def _head_age(self) -> float:
         return math.nan if self._price_head is None else max(0.0, self._now() - self._price_head)
+
+    def _chain_head_age(self) -> float:
+        return math.nan if self._chain_head is None else max(0.0, self._now() - self._chain_head)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

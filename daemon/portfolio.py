@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -45,15 +45,19 @@ from daemon.drift import (
 from daemon.faults import Faults
 from daemon.latest import Latest
 from daemon.logs import get_logger
-from daemon.messages import NoPrices, PriceSnapshot, RebalanceOutcome, RebalanceRequest, Token
+from daemon.messages import (
+    NoPrices,
+    PriceSnapshot,
+    RebalanceOutcome,
+    RebalanceRequest,
+    Token,
+    ValuationKind,
+)
 
 if TYPE_CHECKING:
     from daemon.alerts import Alerter
     from daemon.config import Config
     from daemon.live_config import ConfigSource
-
-VALUATION_EVERY: Final = 300.0
-"""Seconds between stored valuation snapshots of one portfolio."""
 
 
 @attrs.frozen
@@ -87,6 +91,9 @@ class PortfolioState:
     in_flight: bool = False
     evaluations: int = 0
     last_valuation_at: float | None = None
+    valuation_after_trade: bool = False
+    """A trade of the portfolio settled: the next evaluation stores an ``after_rebalance``
+    valuation (its balances include the trade), whatever the interval."""
     accepted: bool = False
     """The engine has evaluated this portfolio without finding it malformed (from then on a
     float screen may skip the exact evaluation far inside the threshold)."""
@@ -115,6 +122,8 @@ class RuntimeParams:
     """``prices.max_age``: older prices are not traded on."""
     high_drift: Decimal
     """``alerts.high_drift``: a larger drift raises HIGH_DRIFT."""
+    valuation_interval: float
+    """``report.valuation_interval``: seconds between stored valuations."""
 
     @classmethod
     def from_config(cls, config: Config) -> RuntimeParams:
@@ -123,6 +132,7 @@ class RuntimeParams:
             cooldown_minutes=config.rebalance.cooldown_minutes,
             max_age=config.prices.max_age,
             high_drift=config.alerts.high_drift,
+            valuation_interval=config.report.valuation_interval,
         )
 
 
@@ -178,10 +188,15 @@ class DelegationCheck(Protocol):
 class ValuationRecorder(Protocol):
     """Stores valuation snapshots (:class:`daemon.history.Valuations`)."""
 
-    async def record(
-        self, spec: PortfolioSpec, decision: Decision, holdings: list[Holding]
+    def record(
+        self,
+        spec: PortfolioSpec,
+        decision: Decision,
+        holdings: list[Holding],
+        prices: Mapping[str, Decimal],
+        kind: ValuationKind,
     ) -> None:
-        """Store one snapshot; never raises for a database problem."""
+        """Queue one valuation for storage: no waiting, never raises for a database problem."""
 
 
 class Admission(Protocol):
@@ -222,7 +237,7 @@ class PortfolioDeps:
     admission: Admission
     supervisor: HealthReport
     valuations: ValuationRecorder | None = None
-    """Stores a valuation snapshot (at most every :data:`VALUATION_EVERY` seconds)."""
+    """Stores valuations (every ``report.valuation_interval`` seconds, and around trades)."""
     faults: Faults = attrs.Factory(Faults)
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
     params: RuntimeParamsBook = attrs.field(
@@ -314,7 +329,13 @@ async def evaluate_portfolio(
         return _skip(state, log, f"No trade: invalid portfolio: {exc}")
     state.last_max_drift = decision.max_drift
     state.accepted = True
-    await _maybe_record_valuation(spec, state, deps, decision, holdings)
+    held_back = (
+        None
+        if isinstance(decision, NoRebalance)
+        else _held_back(spec, state, deps, decision, now, params)
+    )
+    trading = isinstance(decision, Rebalance) and held_back is None
+    _record_valuation(spec, state, deps, decision, holdings, priced, params, trading=trading)
     if decision.max_drift is not None and decision.max_drift > params.high_drift:
         deps.alerts.fire(
             "HIGH_DRIFT",
@@ -322,7 +343,6 @@ async def evaluate_portfolio(
         )
     if isinstance(decision, NoRebalance):
         return _skip(state, log, decision.reason, max_drift=decision.max_drift)
-    held_back = _held_back(spec, state, deps, decision, now, params)
     if held_back is not None:
         return _skip(state, log, held_back.reason, **held_back.fields)
     return await _request(spec, state, deps, decision, priced, balances_block, log)
@@ -341,7 +361,7 @@ def _screened(
 
     Only for a portfolio the engine has accepted before (the screen does not validate), and
     never a decision to trade: that is always the exact engine's."""
-    if not state.accepted or _valuation_due(state, deps):
+    if not state.accepted or _valuation_due(state, deps, params):
         return None
     drift = screened_max_drift(holdings, spec.targets, priced.prices, priced.snapshot.health)
     if drift is None or drift >= float(params.engine.drift_threshold) - SCREEN_MARGIN:
@@ -463,6 +483,8 @@ def record_outcome(
         state.last_success_at = now
         state.failures = 0
         state.retry_at = None
+        if status != "DRY_RUN":
+            state.valuation_after_trade = True
     elif status == "FAILED":
         state.failures += 1
         state.retry_at = now + failure_backoff(state.failures, backoff, backoff_max)
@@ -478,25 +500,43 @@ def failure_backoff(failures: int, initial: float, ceiling: float) -> timedelta:
     return timedelta(seconds=schedule.delay(failures - 1))
 
 
-async def _maybe_record_valuation(
+def _record_valuation(
     spec: PortfolioSpec,
     state: PortfolioState,
     deps: PortfolioDeps,
     decision: Decision,
     holdings: list[Holding],
+    priced: _Priced,
+    params: RuntimeParams,
+    *,
+    trading: bool,
 ) -> None:
-    # Valuations are history for reports, not control: one every few minutes is plenty, and a
-    # failure to store one must not stop the portfolio from being rebalanced.
-    if deps.valuations is None or not _valuation_due(state, deps):
+    """Queue a valuation when one is due: before a request (``before_rebalance``), at the first
+    evaluation after a trade (``after_rebalance``), else every ``report.valuation_interval``.
+
+    Valuations are history for reports, not control: queuing costs no await, and storing one
+    (in batches, :class:`daemon.history.Valuations`) can never hold the portfolio back."""
+    if deps.valuations is None:
+        return
+    kind: ValuationKind
+    if trading:
+        kind = "before_rebalance"
+    elif state.valuation_after_trade:
+        kind = "after_rebalance"
+    elif _valuation_due(state, deps, params):
+        kind = "interval"
+    else:
         return
     state.last_valuation_at = trio.current_time()
-    await deps.valuations.record(spec, decision, holdings)
+    state.valuation_after_trade = False
+    deps.valuations.record(spec, decision, holdings, priced.prices, kind)
 
 
-def _valuation_due(state: PortfolioState, deps: PortfolioDeps) -> bool:
+def _valuation_due(state: PortfolioState, deps: PortfolioDeps, params: RuntimeParams) -> bool:
     return deps.valuations is not None and (
-        state.last_valuation_at is None
-        or trio.current_time() - state.last_valuation_at >= VALUATION_EVERY
+        state.valuation_after_trade
+        or state.last_valuation_at is None
+        or trio.current_time() - state.last_valuation_at >= params.valuation_interval
     )
 
 

@@ -24,6 +24,7 @@ import trio
 from daemon.chain_errors import ChainError
 from daemon.cooldown import cooldown_remaining
 from daemon.db import DatabaseError
+from daemon.health_document import portfolio_state
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 
@@ -222,6 +223,7 @@ class LiveMetrics:
     supervisor: RunningActors
     executor: ExecutorView
     now: Callable[[], datetime]
+    probes: Probes
 
     def render(self) -> str:
         """Prometheus exposition text, current as of now."""
@@ -231,12 +233,38 @@ class LiveMetrics:
     def _collect(self) -> None:
         metrics = self.metrics
         now = self.now()
-        cooldown = self.config.current.rebalance.cooldown_minutes
-        for name, actor in self.supervisor.actors.items():
+        config = self.config.current
+        cooldown = config.rebalance.cooldown_minutes
+        actors = self.supervisor.actors
+        metrics.retain_portfolios(actors)
+        requested = 0
+        for name, actor in actors.items():
             state = actor.state
             if state.last_max_drift is not None:
                 metrics.drift(name, state.last_max_drift)
-            remaining = cooldown_remaining(state.last_success_at, now, cooldown)
-            metrics.cooldown_remaining(name, remaining.total_seconds())
+            remaining = cooldown_remaining(state.last_success_at, now, cooldown).total_seconds()
+            metrics.cooldown_remaining(name, remaining)
+            metrics.portfolio_state_is(name, portfolio_state(actor, remaining))
+            requested += state.in_flight
         status = self.executor.status
-        metrics.executor(pending=status.pending, next_nonce=status.next_nonce)
+        metrics.executor(
+            pending=status.pending,
+            next_nonce=status.next_nonce,
+            requested=requested,
+            unsettled=status.unsettled,
+            recovering=status.recovering,
+            blocked=status.blocked is not None,
+            stuck_seconds=status.stuck_for,
+        )
+        probes = self.probes
+        head_at = probes.head_block_at
+        metrics.probed(
+            database_ok=probes.database_ok,
+            chain_ok=probes.chain_ok,
+            head_at=None if head_at is None else head_at.timestamp(),
+        )
+        metrics.settings(
+            drift_threshold=config.rebalance.drift_threshold,
+            high_drift=config.alerts.high_drift,
+            max_price_age=config.prices.max_age,
+        )

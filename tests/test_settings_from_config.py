@@ -53,6 +53,7 @@ CONFIG = config(
         "max_price_usd": Decimal(5_000_000),
         "max_move_factor": Decimal(4),
     },
+    report={"valuation_interval": 61.0},
     alerts={
         "high_drift": Decimal("0.4"),
         "gas_cost_factor": Decimal(3),
@@ -110,4 +111,5 @@ def test_an_evaluation_reads_rebalance_prices_and_alerts() -> None:
         cooldown_minutes=Decimal(7),
         max_age=99.0,
         high_drift=Decimal("0.4"),
+        valuation_interval=61.0,
     )

@@ -8,7 +8,6 @@ in stretches above ``stuck_threshold`` that lasted longer than a day (the whole 
 
 from __future__ import annotations
 
-import itertools
 import math
 from array import array
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any, Final
 import attrs
 
 from daemon.backtest.simulate import RunResult
+from daemon.returns import max_drawdown, volatility_and_sharpe
 
 DAY: Final = 86400
 STUCK_AFTER: Final = DAY
@@ -59,29 +59,6 @@ def daily_values(values: Sequence[float], step: int) -> list[float]:
     if (len(values) - 1) % per_day:
         samples.append(values[-1])
     return samples
-
-
-def volatility_and_sharpe(daily: Sequence[float], risk_free: float) -> tuple[float, float | None]:
-    returns = [b / a - 1 for a, b in itertools.pairwise(daily) if a > 0]
-    if len(returns) < 2:
-        return 0.0, None
-    mean = sum(returns) / len(returns)
-    variance = sum((r - mean) ** 2 for r in returns) / (len(returns) - 1)
-    deviation = math.sqrt(variance)
-    volatility = deviation * math.sqrt(365)
-    if deviation == 0:
-        return 0.0, None
-    return volatility, (mean - risk_free / 365) / deviation * math.sqrt(365)
-
-
-def max_drawdown(values: Sequence[float]) -> float:
-    peak = -math.inf
-    worst = 0.0
-    for value in values:
-        peak = max(peak, value)
-        if peak > 0:
-            worst = max(worst, 1 - value / peak)
-    return worst
 
 
 def stuck_share(drifts: array[float], step: int, threshold: float) -> float:

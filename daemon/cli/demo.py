@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.config import Config
@@ -66,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print JSON lines (started, price_move, rebalance, summary) instead of the live view",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="before cleaning up, write each portfolio's `driftd report --format html` to DIR",
+    )
 
 
 DESCRIPTION = (
@@ -96,6 +103,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         duration=args.duration,
         seed=args.seed,
         headless=args.headless,
+        report_dir=args.report,
     )
     return run(options)
 

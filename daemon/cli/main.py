@@ -122,6 +122,7 @@ def _registrars() -> list[Callable[[Subparsers], None]]:
     from daemon.cli import delegation as cli_delegation
     from daemon.cli import demo as cli_demo
     from daemon.cli import guard as cli_guard
+    from daemon.cli import report as cli_report
     from daemon.registration import verify_portfolio_delegations
 
     return [
@@ -131,6 +132,7 @@ def _registrars() -> list[Callable[[Subparsers], None]]:
         cli_demo.register,
         cli_guard.register,
         cli_backtest.register,
+        cli_report.register,
     ]
 
 

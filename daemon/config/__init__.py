@@ -63,6 +63,7 @@ from daemon.config.sections_service import (
     DatabaseConfig,
     HealthConfig,
     LogConfig,
+    ReportConfig,
     SupervisorConfig,
 )
 from daemon.config.sections_trading import ExecutionConfig, PricesConfig, RebalanceConfig
@@ -97,6 +98,7 @@ __all__ = [
     "Parser",
     "PricesConfig",
     "RebalanceConfig",
+    "ReportConfig",
     "Secret",
     "Secrets",
     "SignerConfig",

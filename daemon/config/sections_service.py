@@ -1,5 +1,5 @@
-"""The schema's service sections: the database, the health socket, alerts, the supervisor and
-logging — what running driftd as a service needs.
+"""The schema's service sections: the database, the health socket, alerts, the supervisor,
+logging and the history kept for reports — what running driftd as a service needs.
 
 Each key is declared once with its default, parser, limits and documentation
 (:func:`~daemon.config.declare.setting`).
@@ -134,4 +134,27 @@ class LogConfig:
         "auto",
         choice("auto", "json", "console"),
         "json: one JSON object per line. console: human-readable. auto: console on a terminal.",
+    )
+
+
+@attrs.frozen
+class ReportConfig:
+    """The history the daemon keeps for ``driftd report``, and how the report reads it."""
+
+    valuation_interval: float = setting(
+        300.0,
+        parse_float,
+        "Seconds between stored valuations of a portfolio (holdings, value, weights); one is "
+        "also stored before and after every rebalance. They are what `driftd report` computes "
+        "returns, drift over time and attribution from.",
+        check=positive,
+        live=True,
+    )
+    risk_free_rate: Decimal = setting(
+        Decimal(0),
+        parse_decimal,
+        "Yearly risk-free rate (a fraction: 0.04 = 4 %) the report's Sharpe ratios are "
+        "measured against.",
+        check=non_negative,
+        live=True,
     )

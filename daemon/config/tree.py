@@ -15,6 +15,7 @@ from daemon.config.sections_service import (
     DatabaseConfig,
     HealthConfig,
     LogConfig,
+    ReportConfig,
     SupervisorConfig,
 )
 from daemon.config.sections_trading import ExecutionConfig, PricesConfig, RebalanceConfig
@@ -36,6 +37,7 @@ class Config:
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
+    report: ReportConfig = attrs.field(factory=ReportConfig)
     secrets: Secrets = attrs.field(default=Secrets(), metadata={"not_a_section": True})
     source: str = attrs.field(default="", metadata={"not_a_section": True})
     """Where the file part came from ("" when from the environment alone)."""

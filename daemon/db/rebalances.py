@@ -310,6 +310,23 @@ class RebalanceLog(Store):
 
         return await self._unit(work, transaction=False)
 
+    async def finished_attempts(
+        self, portfolio_id: int, since: dt.datetime, until: dt.datetime
+    ) -> list[RebalanceLogEntry]:
+        """A portfolio's finished attempts started in [since, until], oldest first (reports)."""
+
+        async def work(conn: asyncpg.Connection) -> list[RebalanceLogEntry]:
+            rows = await conn.fetch(
+                "SELECT * FROM rebalance_log WHERE portfolio_id = $1 AND status <> 'PENDING'"
+                ' AND "timestamp" BETWEEN $2 AND $3 ORDER BY "timestamp", id',
+                portfolio_id,
+                since,
+                until,
+            )
+            return [_rebalance(r) for r in rows]
+
+        return await self._unit(work, transaction=False)
+
 
 def _outcome_args(o: FinishedAttempt) -> tuple[Any, ...]:
     return (

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from daemon.messages import PriceSourceName
+from daemon.messages import PriceSourceName, ValuationKind
 
 RebalanceStatus = Literal["PENDING", "SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
 TerminalStatus = Literal["SUCCESS", "PARTIAL", "FAILED", "DRY_RUN", "SKIPPED"]
@@ -105,6 +105,10 @@ class HoldingValue:
     usd: Decimal
     weight: Decimal
     drift: Decimal | None = None
+    price_usd: Decimal | None = None
+    """USD per whole token the value was computed with (None in rows before schema v6)."""
+    target: Decimal | None = None
+    """The token's target weight at the time (None in rows before schema v6)."""
 
 
 @attrs.frozen
@@ -118,6 +122,7 @@ class PortfolioSnapshot:
     price_source: PriceSourceName | None = None
     taken_at: dt.datetime | None = None
     """None on insert: the server's now()."""
+    kind: ValuationKind = "interval"
 
 
 @attrs.frozen

@@ -45,6 +45,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final
@@ -55,7 +56,7 @@ import trio
 from daemon import exitcodes
 from daemon.app import Daemon, leaf_exceptions, run_daemon
 from daemon.chain_errors import ChainError
-from daemon.db import DatabaseError
+from daemon.db import DatabaseError, open_database
 from daemon.devtools import pgserver
 from daemon.devtools.demo_monitor import Monitor
 from daemon.devtools.demo_setup import (
@@ -88,6 +89,8 @@ class DemoOptions:
     seed: int | None = None
     """The market's seed; None: a random one (reported, so a run can be repeated)."""
     headless: bool = False
+    report_dir: Path | None = None
+    """``--report DIR``: each portfolio's HTML report is written there before cleaning up."""
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.portfolios <= MAX_PORTFOLIOS:
@@ -242,6 +245,7 @@ async def demo_body(
         interrupts.acknowledge()
         with interrupts.phase() as scope:
             await finish(monitor, reporter, ended_by or "duration", setup_seconds)
+            await point_to_reports(env, options.report_dir, reporter)
         if scope.cancelled_caught:
             return EXIT_ON_SIGNAL.get(interrupts.received or "", 130)
         return exitcodes.OK
@@ -252,6 +256,49 @@ async def demo_body(
     finally:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + TEARDOWN_SECONDS):
             await stack.aclose()
+
+
+async def point_to_reports(
+    env: DemoEnvironment, report_dir: Path | None, reporter: Reporter
+) -> None:
+    """After the summary: ``driftd report`` for this run, written to ``report_dir`` before the
+    database is deleted (best effort), or how to get it."""
+    names = [p.name for p in env.portfolios]
+    if report_dir is None:
+        reporter.progress(
+            f"what rebalancing cost and earned in this run: `driftd --config {env.temp_dir}/"
+            f"config.toml report --portfolio {names[0]}` while it runs, or "
+            "`driftd demo --report DIR` to keep every portfolio's HTML report"
+        )
+        return
+    from daemon.report.figures import NoData, build_report
+    from daemon.report.html import render_html
+    from daemon.report.load import load_history
+
+    await trio.Path(report_dir).mkdir(parents=True, exist_ok=True)
+    config = env.config
+    until = datetime.now(UTC)
+    try:
+        async with open_database(config.database) as database:
+            for name in names:
+                portfolio = await database.portfolio(name)
+                history = await load_history(
+                    database,
+                    portfolio,
+                    until - timedelta(days=1),
+                    until,
+                    config.rebalance.drift_threshold,
+                )
+                try:
+                    report = build_report(history, float(config.report.risk_free_rate))
+                except NoData as exc:
+                    reporter.progress(f"no report for {name}: {exc}")
+                    continue
+                path = report_dir / f"{name}.html"
+                await trio.Path(path).write_text(render_html(report), encoding="utf-8")
+                reporter.progress(f"report (driftd report --format html): {path}")
+    except DatabaseError as exc:
+        reporter.progress(f"reports not written: the database is gone ({exc})")
 
 
 def daemon_errors(log_path: Path, limit: int = 5) -> list[str]:

@@ -198,6 +198,8 @@ def demo_document(
         "supervisor": {"backoff_initial": 0.5, "backoff_max": 5.0},
         "health": {"socket": str(socket)},
         "log": {"level": "info", "format": "json"},
+        # A demo lasts minutes (a price move stands for about a day): value often, for reports.
+        "report": {"valuation_interval": PRICE_POLL_SECONDS},
         # The devnet's feeds are posted at set-up; a long demo must not see them go stale.
         "guard": {**devnet.config_overrides()["guard"], "max_staleness": 7 * 86_400},
     }
