@@ -23,6 +23,7 @@ from daemon.amm import mid_price
 from daemon.chain import Receipt
 from daemon.drift import Leg
 from daemon.messages import Token
+from daemon.packing import gas_share
 from daemon.transactions_values import FeeAboveCeiling, SignerBlocked
 from daemon.txbuild import Call, ExecutionMode, SwapLeg
 
@@ -154,6 +155,19 @@ def attempt_outcome(
         error="; ".join(problems) or "no swap was mined; nothing was traded",
         **gas,  # type: ignore[arg-type]
     )
+
+
+def own_intents(intents: Sequence[dbm.TxIntent], rebalance_id: int) -> list[dbm.TxIntent]:
+    """An attempt's intents as :func:`attempt_outcome` should count them: a packed transaction
+    is charged only the attempt's share of its gas (its executions among the pack's)."""
+    out: list[dbm.TxIntent] = []
+    for intent in intents:
+        ids = intent.packed_rebalance_ids
+        if ids and rebalance_id in ids and intent.gas_used is not None:
+            share = gas_share(intent.gas_used, intent.packed_weights, ids.index(rebalance_id))
+            intent = attrs.evolve(intent, gas_used=share)
+        out.append(intent)
+    return out
 
 
 def actual_outputs(

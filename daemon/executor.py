@@ -49,11 +49,13 @@ from daemon.attempt import (
     actual_outputs,
     attempt_outcome,
     error_text,
+    own_intents,
     planned_leg,
     purpose,
 )
 from daemon.chain import ChainClient
 from daemon.chain_errors import ChainError, Reverted
+from daemon.delegation import Delegation, Execution
 from daemon.drift import from_base_units
 from daemon.executor_settings import ExecutorSettings
 from daemon.executor_status import ExecutorStatus
@@ -61,6 +63,7 @@ from daemon.faults import Faults
 from daemon.lease import InstanceIdentity, SignerLeaseHolder
 from daemon.logs import get_logger
 from daemon.messages import RebalanceOutcome, RebalanceRequest
+from daemon.packing import PackMember, group_by_gas, packed_call, weights
 from daemon.planning import ModeSource, Planner, TokenSource
 from daemon.recovery import Recovery, revert_reason, until_stored
 from daemon.signer import TxSigner
@@ -74,7 +77,7 @@ from daemon.transactions_values import (
     SignerBlocked,
     TxPlan,
 )
-from daemon.txbuild import Call
+from daemon.txbuild import Call, DelegationMode
 from daemon.uniswap import NoRoute, UniswapV2
 
 if TYPE_CHECKING:
@@ -88,12 +91,25 @@ GAS_HISTORY_MIN: Final = 3
 """Rebalances of a kind seen before their median serves as the expected gas cost."""
 WATCH_SECONDS: Final = 1.0
 """How often liveness (stuck transactions, a blocked signer) is re-evaluated."""
+PACK_DRAIN: Final = 64
+"""Most requests one worker takes at once when packing (the gas bound splits them further)."""
 LEASE_WAIT_EXTEND: Final = 30.0
 """Seconds of start-up time asked of systemd at each lease wait (a standby is not stuck)."""
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _packable(step: _Ready) -> bool:
+    """Delegation mode with its one ``redeemDelegations`` call: its executions can join others'."""
+    return isinstance(step.prepared.mode, DelegationMode) and len(step.calls) == 1
+
+
+def _redemptions(step: _Ready) -> list[tuple[Delegation, Execution]]:
+    mode = step.prepared.mode
+    assert isinstance(mode, DelegationMode)
+    return mode.redemptions(step.prepared.swap_legs, step.prepared.allowances)
 
 
 class OutcomeListener(Protocol):
@@ -117,6 +133,20 @@ class _Sent:
 
     settled: list[Settled]
     stopped: str | None
+
+
+@attrs.define(eq=False)
+class _Ready:
+    """An attempt with its PENDING row and its stored plan, about to send."""
+
+    request: RebalanceRequest
+    rebalance_id: int
+    started: float
+    log: Any
+    settings: ExecutorSettings
+    prepared: Prepared = attrs.field(init=False)
+    calls: list[Call] = attrs.field(init=False)
+    purposes: list[dbm.IntentPurpose] = attrs.field(init=False)
 
 
 @attrs.define(eq=False)
@@ -248,7 +278,18 @@ class Executor:
 
     async def _serve(self, requests: trio.MemoryReceiveChannel[RebalanceRequest]) -> None:
         async for request in requests:
-            await self.handle(request)
+            batch = [request]
+            if self.settings().pack_max_gas > 0:
+                # Requests already waiting go with this one: they may share a transaction.
+                while len(batch) < PACK_DRAIN:
+                    try:
+                        batch.append(requests.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+            if len(batch) == 1:
+                await self.handle(request)
+            else:
+                await self.handle_batch(batch)
             self.status.last_loop_at = trio.current_time()
 
     async def _watch(self) -> NoReturn:
@@ -307,17 +348,59 @@ class Executor:
 
     async def handle(self, request: RebalanceRequest) -> RebalanceOutcome:
         """Carry out one request; always ends its row and always answers (if anyone listens)."""
-        log = self._log.bind(portfolio=request.portfolio_name)
-        started = trio.current_time()
-        self.status.begin()
-        mine = request.portfolio_id not in self.in_flight
-        self.in_flight.add(request.portfolio_id)
+        log, started, mine = self._begin(request)
         try:
             rebalance_id, result = await self._carry_out(request, started, log)
         finally:
-            self.status.end()
-            if mine:
-                self.in_flight.discard(request.portfolio_id)
+            self._end(request, mine)
+        return self._conclude(request, rebalance_id, result, log)
+
+    async def handle_batch(self, requests: Sequence[RebalanceRequest]) -> None:
+        """Carry out several requests at once, packing the calls of those that can share a
+        transaction (:mod:`daemon.packing`); each still ends its own row and gets its answer."""
+        begun = [self._begin(request) for request in requests]
+        done: dict[int, tuple[int | None, dbm.FinishedAttempt]] = {}
+        try:
+            steps: list[_Ready | None] = [None] * len(requests)
+
+            async def prepare(index: int) -> None:
+                log, started, _ = begun[index]
+                step = await self._prepare(requests[index], started, log)
+                if isinstance(step, _Ready):
+                    steps[index] = step
+                else:
+                    done[index] = step
+
+            async with trio.open_nursery() as nursery:
+                for index in range(len(requests)):
+                    nursery.start_soon(prepare, index)
+            ready = [(i, step) for i, step in enumerate(steps) if step is not None]
+            await self._send_batch(ready, done)
+        finally:
+            for request, (_, _, mine) in zip(requests, begun, strict=True):
+                self._end(request, mine)
+        for index, request in enumerate(requests):
+            rebalance_id, result = done[index]
+            self._conclude(request, rebalance_id, result, begun[index][0])
+
+    def _begin(self, request: RebalanceRequest) -> tuple[Any, float, bool]:
+        self.status.begin()
+        mine = request.portfolio_id not in self.in_flight
+        self.in_flight.add(request.portfolio_id)
+        return self._log.bind(portfolio=request.portfolio_name), trio.current_time(), mine
+
+    def _end(self, request: RebalanceRequest, mine: bool) -> None:
+        self.status.end()
+        if mine:
+            self.in_flight.discard(request.portfolio_id)
+
+    def _conclude(
+        self,
+        request: RebalanceRequest,
+        rebalance_id: int | None,
+        result: dbm.FinishedAttempt,
+        log: Any,
+    ) -> RebalanceOutcome:
         self.status.handled += 1
         self.finished(request.portfolio_id, request.portfolio_name, rebalance_id, result, log)
         if result.status == "SUCCESS" and result.gas_cost_usd is not None:
@@ -340,6 +423,17 @@ class Executor:
     ) -> tuple[int | None, dbm.FinishedAttempt]:
         """The attempt's row and outcome: refused (a SKIPPED row, if one can be written), or
         started as PENDING, attempted, and finished."""
+        step = await self._prepare(request, started, log)
+        if not isinstance(step, _Ready):
+            return step
+        sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
+        return await self._finish_sent(step, sent)
+
+    async def _prepare(
+        self, request: RebalanceRequest, started: float, log: Any
+    ) -> _Ready | tuple[int | None, dbm.FinishedAttempt]:
+        """Refuse, or start the PENDING row and plan the calls (stored before any is sent); an
+        attempt that ends before sending anything is finished here."""
         refusal = self._refusal(request)
         rebalance_id: int | None = None
         if refusal is None:
@@ -347,13 +441,62 @@ class Executor:
         if rebalance_id is None:
             assert refusal is not None
             return await self._record_skip(request, refusal, log)
-        result = await self._attempt(request, rebalance_id, log)
-        elapsed_ms = int((trio.current_time() - min(started, request.requested_at)) * 1000)
+        settings = self.settings()
+        prepared = await self._plan(request, settings)
+        step = _Ready(request, rebalance_id, started, log, settings)
+        if isinstance(prepared, dbm.FinishedAttempt):
+            return await self._finish_row(step, prepared)
+        await self._store_plan(step, prepared)
+        self.faults.check("after_plan")
+        return step
+
+    async def _store_plan(self, step: _Ready, prepared: Prepared) -> None:
+        """The plan's calls, and their number, stored before the first intent."""
+        calls = prepared.mode.calls(prepared.swap_legs, prepared.allowances)
+        purposes = [purpose(call) for call in calls]
+        rid = step.rebalance_id
+        await until_stored(
+            lambda: self.db.set_rebalance_plan(
+                rid,
+                planned_txs=len(calls),
+                planned_swap_txs=purposes.count("swap"),
+                swap_path=prepared.swap_path,
+                expected_outputs=prepared.expected,
+            ),
+            step.log,
+            self.status,
+        )
+        step.prepared, step.calls, step.purposes = prepared, calls, purposes
+
+    async def _finish_sent(
+        self, step: _Ready, sent: _Sent | dbm.FinishedAttempt
+    ) -> tuple[int, dbm.FinishedAttempt]:
+        """The outcome from the attempt's mined intents (or the one decided before sending)."""
+        if isinstance(sent, dbm.FinishedAttempt):
+            return await self._finish_row(step, sent)
+        rid = step.rebalance_id
+        intents = await until_stored(
+            lambda: self.db.intents_for_rebalance(rid), step.log, self.status
+        )
+        result = attempt_outcome(
+            len(step.calls),
+            step.purposes.count("swap"),
+            own_intents(intents, rid),
+            stopped=sent.stopped,
+        )
+        result = await self._outcome(step.request, step.settings, step.prepared, sent, result)
+        return await self._finish_row(step, result)
+
+    async def _finish_row(
+        self, step: _Ready, result: dbm.FinishedAttempt
+    ) -> tuple[int, dbm.FinishedAttempt]:
+        started = min(step.started, step.request.requested_at)
+        elapsed_ms = int((trio.current_time() - started) * 1000)
         result = attrs.evolve(result, execution_time_ms=elapsed_ms)
         self.faults.check("after_mined")
-        rid = rebalance_id
-        await until_stored(lambda: self.db.finish_rebalance(rid, result), log, self.status)
-        return rebalance_id, result
+        rid = step.rebalance_id
+        await until_stored(lambda: self.db.finish_rebalance(rid, result), step.log, self.status)
+        return rid, result
 
     async def _start_row(self, request: RebalanceRequest) -> tuple[int | None, str | None]:
         """The attempt's PENDING row, or why PostgreSQL refused it (another attempt of the
@@ -445,37 +588,6 @@ class Executor:
                 {"portfolio": portfolio, "gas_cost_usd": str(cost), "expected": str(expected)},
             )
         recent.append(cost)
-
-    async def _attempt(
-        self, request: RebalanceRequest, rebalance_id: int, log: Any
-    ) -> dbm.FinishedAttempt:
-        """Quote, plan and send; the outcome from what was mined. Raises only cancellation."""
-        settings = self.settings()
-        prepared = await self._plan(request, settings)
-        if isinstance(prepared, dbm.FinishedAttempt):
-            return prepared
-        calls = prepared.mode.calls(prepared.swap_legs, prepared.allowances)
-        purposes = [purpose(call) for call in calls]
-        await until_stored(
-            lambda: self.db.set_rebalance_plan(
-                rebalance_id,
-                planned_txs=len(calls),
-                planned_swap_txs=purposes.count("swap"),
-                swap_path=prepared.swap_path,
-                expected_outputs=prepared.expected,
-            ),
-            log,
-            self.status,
-        )
-        self.faults.check("after_plan")
-        sent = await self._send(calls, purposes, rebalance_id, prepared)
-        if isinstance(sent, dbm.FinishedAttempt):
-            return sent
-        intents = await until_stored(
-            lambda: self.db.intents_for_rebalance(rebalance_id), log, self.status
-        )
-        result = attempt_outcome(len(calls), purposes.count("swap"), intents, stopped=sent.stopped)
-        return await self._outcome(request, settings, prepared, sent, result)
 
     async def _plan(
         self, request: RebalanceRequest, settings: ExecutorSettings
@@ -575,9 +687,9 @@ class Executor:
             entry["actual_out"] = None if amount is None else str(amount)
         reverted = next((r for r in receipts if not r.succeeded), None)
         error = result.error
-        if reverted is not None:
+        if reverted is not None and error is not None:
             reason = await revert_reason(self.chain, reverted.transaction_hash)
-            error = f"transaction reverted: {reason}"
+            error = error.replace("transaction reverted", f"transaction reverted: {reason}", 1)
         extra = "; ".join(prepared.rejected) or None
         if result.status == "SUCCESS":
             error = extra
@@ -590,6 +702,139 @@ class Executor:
             if result.status == "SUCCESS"
             else None,
         )
+
+    # --- several attempts in one transaction (daemon.packing) -------------------------------
+
+    async def _send_batch(
+        self,
+        ready: Sequence[tuple[int, _Ready]],
+        done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
+    ) -> None:
+        """Send the ready attempts of a batch: packable ones (delegation mode, one call, an
+        estimate that does not revert) in packs within ``pack_max_gas``, the rest alone."""
+        own_gas: dict[int, int | None] = {}
+
+        async def estimate(index: int, step: _Ready) -> None:
+            own_gas[index] = await self._own_gas(step) if _packable(step) else None
+
+        async with trio.open_nursery() as nursery:
+            for index, step in ready:
+                nursery.start_soon(estimate, index, step)
+        members = [
+            (index, step, gas) for index, step in ready if (gas := own_gas[index]) is not None
+        ]
+        by_id = {step.rebalance_id: (index, step) for index, step, _ in members}
+        max_gas = ready[0][1].settings.pack_max_gas if ready else 0
+        groups = group_by_gas(
+            [
+                PackMember(step.rebalance_id, tuple(_redemptions(step)), gas)
+                for _, step, gas in members
+            ],
+            int(Decimal(max_gas) / GAS_LIMIT_MARGIN),
+        )
+
+        async def alone(index: int, step: _Ready) -> None:
+            sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
+            done[index] = await self._finish_sent(step, sent)
+
+        async def pack(group: list[PackMember]) -> None:
+            steps = [by_id[member.rebalance_id] for member in group]
+            if len(group) == 1 or not await self._send_pack(group, steps, done):
+                async with trio.open_nursery() as each:
+                    for index, step in steps:
+                        each.start_soon(alone, index, step)
+
+        async with trio.open_nursery() as nursery:
+            for index, step in ready:
+                if own_gas[index] is None:
+                    nursery.start_soon(alone, index, step)
+            for group in groups:
+                nursery.start_soon(pack, group)
+
+    async def _own_gas(self, step: _Ready) -> int | None:
+        """The gas of the attempt's call alone (None: it would revert, or the node could not
+        say — then it is sent alone, and refused there if it would revert)."""
+        call = step.calls[0]
+        try:
+            return await self.chain.estimate_gas(
+                call.to, call.data, sender=self.signer.address, value=call.value
+            )
+        except ChainError:
+            return None
+
+    async def _send_pack(
+        self,
+        group: Sequence[PackMember],
+        steps: Sequence[tuple[int, _Ready]],
+        done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
+    ) -> bool:
+        """Send one packed transaction and finish its attempts. False if nothing was signed (the
+        pack would revert, or could not be signed): the caller sends each attempt alone."""
+        manager = steps[0][1].calls[0].to
+        call = packed_call(manager, group)
+        ids = tuple(member.rebalance_id for member in group)
+        log = self._log.bind(pack=list(ids))
+        try:
+            estimate = await self.chain.estimate_gas(
+                call.to, call.data, sender=self.signer.address, value=0
+            )
+        except ChainError as exc:
+            log.info("pack_not_sent", reason=str(exc))
+            return False
+        plan = TxPlan(
+            to=call.to,
+            data=call.data,
+            gas=int(Decimal(estimate) * GAS_LIMIT_MARGIN) + 1,
+            purpose="swap",
+            deadline=min(step.prepared.deadline for _, step in steps),
+            rebalance_id=ids[0],
+            call_index=0,
+            packed_rebalance_ids=ids,
+            packed_weights=weights(group),
+        )
+        try:
+            slot = await self.transactions.submit(plan)
+        except (SignerBlocked, FeeAboveCeiling, ChainError, dbm.DatabaseError) as exc:
+            # Nothing signed, or an intent not recorded (so never sent): each goes alone.
+            log.info("pack_not_sent", reason=str(exc))
+            return False
+        log.info("pack_sent", nonce=slot.nonce, gas_estimate=estimate, attempts=len(ids))
+        settled = await self.transactions.settle(slot)
+        reverted = (
+            settled.outcome == "mined"
+            and settled.receipt is not None
+            and not settled.receipt.succeeded
+        )
+
+        async def finish(index: int, step: _Ready) -> None:
+            if reverted:
+                # Nothing of the pack executed: each attempt trades alone, at fresh quotes.
+                sent = await self._resend_alone(step, settled)
+            else:
+                sent = _Sent([settled], None)
+            done[index] = await self._finish_sent(step, sent)
+
+        async with trio.open_nursery() as nursery:
+            for index, step in steps:
+                nursery.start_soon(finish, index, step)
+        return True
+
+    async def _resend_alone(self, step: _Ready, reverted: Settled) -> _Sent:
+        """After the attempt's pack reverted when mined: plan it again and send it alone (its
+        one trade is still to come: the reverted transaction executed nothing)."""
+        step.log.info(
+            "pack_reverted_resend_alone", tx_hash=reverted.intent and reverted.intent.tx_hash
+        )
+        prepared = await self._plan(step.request, step.settings)
+        if isinstance(prepared, dbm.FinishedAttempt):
+            why = prepared.skip_reason or prepared.error or prepared.status
+            return _Sent([reverted], f"not sent alone after the pack reverted: {why}")
+        await self._store_plan(step, prepared)
+        sent = await self._send(step.calls, step.purposes, step.rebalance_id, prepared)
+        if isinstance(sent, dbm.FinishedAttempt):
+            why = sent.skip_reason or sent.error or sent.status
+            return _Sent([reverted], f"not sent alone after the pack reverted: {why}")
+        return _Sent([reverted, *sent.settled], sent.stopped)
 
     async def _submit(
         self, call: Call, purpose: dbm.IntentPurpose, index: int, rebalance_id: int, deadline: int

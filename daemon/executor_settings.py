@@ -36,6 +36,8 @@ class ExecutorSettings:
     max_age: float
     """``prices.max_age``: a plan on older prices is refused."""
     stuck_after: float
+    pack_max_gas: int
+    """0: no packing."""
     lifecycle: LifecycleSettings
 
     @classmethod
@@ -52,6 +54,7 @@ class ExecutorSettings:
             expected_gas_cost_usd=config.alerts.expected_gas_cost_usd,
             max_age=config.prices.max_age,
             stuck_after=execution.stuck_after,
+            pack_max_gas=execution.pack_max_gas,
             lifecycle=LifecycleSettings(
                 max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
                 fee_bump=execution.fee_bump,

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from daemon import db as dbm
-from daemon.attempt import attempt_outcome
+from daemon.attempt import attempt_outcome, own_intents
 from daemon.backoff import Backoff
 from daemon.chain import ChainClient
 from daemon.chain_errors import ChainError
@@ -96,32 +96,40 @@ class Recovery:
             transactions.chain_id, transactions.signer.address
         )
         pending_ids = {row.id for row in pending}
-        by_attempt: dict[int, list[NonceSlot]] = {}
+        # A packed nonce carries several attempts: it is settled once, and each of its
+        # attempts is finished when every nonce it has is settled.
+        settled_by_attempt: dict[int, list[trio.Event]] = {}
         self.faults.check("recovering")
         for slot in slots:
-            attempt = slot.newest.rebalance_id
-            if attempt in pending_ids:
-                by_attempt.setdefault(attempt, []).append(slot)
-            else:
-                # A nonce whose attempt is already finished (or that has none) is still seen
-                # through: it may be mined any moment.
-                nursery.start_soon(transactions.settle, slot)
+            newest = slot.newest
+            carried = {newest.rebalance_id, *newest.packed_rebalance_ids} & pending_ids
+            settled = trio.Event()
+            for attempt in sorted(a for a in carried if a is not None):
+                settled_by_attempt.setdefault(attempt, []).append(settled)
+            # A nonce whose attempts are already finished (or that has none) is still seen
+            # through: it may be mined any moment.
+            nursery.start_soon(self._settle, slot, settled)
         for row in pending:
             self.status.recovering += 1
             self.in_flight.add(row.portfolio_id)
-            nursery.start_soon(self._finish_attempt, row, by_attempt.get(row.id, []))
+            nursery.start_soon(self._finish_attempt, row, settled_by_attempt.get(row.id, []))
         self.log.info("recovery_started", nonces=len(slots), attempts=len(pending))
 
-    async def _finish_attempt(self, row: dbm.RebalanceLogEntry, slots: Sequence[NonceSlot]) -> None:
+    async def _settle(self, slot: NonceSlot, settled: trio.Event) -> None:
+        await self.transactions.settle(slot)
+        settled.set()
+
+    async def _finish_attempt(
+        self, row: dbm.RebalanceLogEntry, settled: Sequence[trio.Event]
+    ) -> None:
         log = self.log.bind(rebalance_id=row.id, recovering=True)
         try:
-            async with trio.open_nursery() as nursery:
-                for slot in slots:
-                    nursery.start_soon(self.transactions.settle, slot)
+            for nonce_settled in settled:
+                await nonce_settled.wait()
             intents = await until_stored(
                 lambda: self.db.intents_for_rebalance(row.id), log, self.status
             )
-            result = await self._outcome(row, intents)
+            result = await self._outcome(row, own_intents(intents, row.id))
             await until_stored(lambda: self.db.finish_rebalance(row.id, result), log, self.status)
         finally:
             self.status.recovering -= 1

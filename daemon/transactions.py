@@ -393,6 +393,8 @@ class SignerTransactions:
                 rebalance_id=newest.rebalance_id,
                 call_index=newest.call_index,
                 deadline=deadline,
+                packed_rebalance_ids=newest.packed_rebalance_ids,
+                packed_weights=newest.packed_weights,
             )
         else:
             assert slot.plan is not None  # no plan means cancel (replacement_due)
@@ -472,6 +474,8 @@ class SignerTransactions:
             tx_value=plan.value,
             gas_limit=plan.gas,
             deadline=plan.deadline,
+            packed_rebalance_ids=plan.packed_rebalance_ids,
+            packed_weights=plan.packed_weights,
         )
 
     def _wrong_chain(self, actual: int) -> str:

@@ -75,6 +75,10 @@ class TxPlan:
     """Chain time after which the trade is void: the nonce is then cancelled."""
     rebalance_id: int | None = None
     call_index: int | None = None
+    packed_rebalance_ids: tuple[int, ...] = ()
+    """Every attempt a packed transaction carries, ``rebalance_id`` first (empty: not packed)."""
+    packed_weights: tuple[int, ...] = ()
+    """Each packed attempt's number of executions: its share of the gas."""
 
 
 @attrs.frozen
@@ -197,4 +201,6 @@ def plan_of(intent: TxIntent) -> TxPlan | None:
         deadline=intent.deadline,
         rebalance_id=intent.rebalance_id,
         call_index=intent.call_index,
+        packed_rebalance_ids=intent.packed_rebalance_ids,
+        packed_weights=intent.packed_weights,
     )

@@ -168,6 +168,17 @@ class DelegationMode:
     ) -> list[Call]:
         if not legs:
             return []
+        return [
+            Call(
+                to=self.manager, data=encode_redeem_delegations(self.redemptions(legs, allowances))
+            )
+        ]
+
+    def redemptions(
+        self, legs: Sequence[SwapLeg], allowances: Mapping[str, int] | None = None
+    ) -> list[tuple[Delegation, Execution]]:
+        """The (delegation, execution) pairs of one ``redeemDelegations`` call that performs
+        ``legs`` in order (what :meth:`calls` encodes, and what a pack concatenates)."""
         redemptions: list[tuple[Delegation, Execution]] = []
         for leg, approve in zip(legs, approvals(legs, allowances), strict=True):
             if approve is not None:
@@ -183,7 +194,7 @@ class DelegationMode:
                     Execution(self.router, _swap_calldata(leg, self.holder)),
                 )
             )
-        return [Call(to=self.manager, data=encode_redeem_delegations(redemptions))]
+        return redemptions
 
 
 @attrs.frozen

@@ -141,6 +141,8 @@ class FakeStore:
             tx_value=new.tx_value,
             gas_limit=new.gas_limit,
             deadline=new.deadline,
+            packed_rebalance_ids=new.packed_rebalance_ids,
+            packed_weights=new.packed_weights,
         )
         self._next_id += 1
         self.rows[row.id] = row
@@ -172,7 +174,13 @@ class FakeStore:
                 "tx_intent_replace_same_nonce", "a replacement must use the same nonce"
             )
         self._set(old, status="REPLACED")
-        row = self._insert(attrs.evolve(new, rebalance_id=old.rebalance_id), replaces_id=old_id)
+        carried = attrs.evolve(
+            new,
+            rebalance_id=old.rebalance_id,
+            packed_rebalance_ids=old.packed_rebalance_ids,
+            packed_weights=old.packed_weights,
+        )
+        row = self._insert(carried, replaces_id=old_id)
         self._committed("replace_intent")
         return row
 

@@ -121,7 +121,9 @@ class FakeDatabase(FakeStore):
             mined = [
                 i.block_number
                 for i in self.rows.values()
-                if i.rebalance_id in mine and i.status == "CONFIRMED" and i.purpose == "swap"
+                if ({i.rebalance_id, *i.packed_rebalance_ids} & mine)
+                and i.status == "CONFIRMED"
+                and i.purpose == "swap"
             ]
             newest = max((b for b in mined if b is not None), default=None)
             if newest is not None and newest > balances_block:
@@ -252,5 +254,10 @@ class FakeDatabase(FakeStore):
     async def intents_for_rebalance(self, rebalance_id: int) -> list[TxIntent]:
         await self._enter("intents_for_rebalance")
         return sorted(
-            (r for r in self.rows.values() if r.rebalance_id == rebalance_id), key=lambda r: r.id
+            (
+                r
+                for r in self.rows.values()
+                if r.rebalance_id == rebalance_id or rebalance_id in r.packed_rebalance_ids
+            ),
+            key=lambda r: r.id,
         )

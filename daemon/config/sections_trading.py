@@ -96,6 +96,16 @@ class ExecutionConfig:
         "receipts awaited concurrently).",
         check=positive,
     )
+    pack_max_gas: int = setting(
+        0,
+        parse_int,
+        "Gas limit of a packed transaction: rebalances of several portfolios that fall due "
+        "together go into one redeemDelegations call up to this much estimated gas (0: every "
+        "rebalance is its own transaction). Delegation mode only; a pack that would revert is "
+        "never sent, and one that reverts when mined is followed by each portfolio alone.",
+        check=non_negative,
+        live=True,
+    )
     poll_interval: float = setting(
         1.0,
         parse_float,

@@ -56,9 +56,14 @@ class TxIntents(Store):
                     "nonce",
                 )
             await conn.execute("UPDATE tx_intent SET status = 'REPLACED' WHERE id = $1", old_id)
-            return await _insert_intent(
-                conn, attrs.evolve(new, rebalance_id=old["rebalance_id"]), replaces_id=old_id
+            # A replacement (fee bump or cancel) carries the same attempts as what it replaces.
+            carried = attrs.evolve(
+                new,
+                rebalance_id=old["rebalance_id"],
+                packed_rebalance_ids=tuple(old["packed_rebalance_ids"] or ()),
+                packed_weights=tuple(old["packed_weights"] or ()),
             )
+            return await _insert_intent(conn, carried, replaces_id=old_id)
 
         return await self._unit(work)
 
@@ -164,11 +169,13 @@ class TxIntents(Store):
         await self._unit(work)
 
     async def intents_for_rebalance(self, rebalance_id: int) -> list[TxIntent]:
-        """Every intent recorded for one attempt, oldest first."""
+        """Every intent recorded for one attempt, oldest first (packed ones included)."""
 
         async def work(conn: asyncpg.Connection) -> list[TxIntent]:
             rows = await conn.fetch(
-                "SELECT * FROM tx_intent WHERE rebalance_id = $1 ORDER BY id", rebalance_id
+                "SELECT * FROM tx_intent WHERE rebalance_id = $1"
+                " OR $1 = ANY (packed_rebalance_ids) ORDER BY id",
+                rebalance_id,
             )
             return [_intent(r) for r in rows]
 
@@ -181,9 +188,10 @@ async def _insert_intent(
     row = await conn.fetchrow(
         "INSERT INTO tx_intent (rebalance_id, chain_id, signer, nonce, raw_tx, tx_hash, status,"
         " fencing_token, max_fee_per_gas, max_priority_fee_per_gas, replaces_id, purpose,"
-        " call_index, tx_to, tx_data, tx_value, gas_limit, deadline)"
+        " call_index, tx_to, tx_data, tx_value, gas_limit, deadline, packed_rebalance_ids,"
+        " packed_weights)"
         " VALUES ($1, $2, $3, $4, $5, $6, 'SIGNED', $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-        " $16, $17) RETURNING *",
+        " $16, $17, $18, $19) RETURNING *",
         intent.rebalance_id,
         intent.chain_id,
         intent.signer,
@@ -201,6 +209,8 @@ async def _insert_intent(
         intent.tx_value,
         intent.gas_limit,
         intent.deadline,
+        list(intent.packed_rebalance_ids) or None,
+        list(intent.packed_weights) or None,
     )
     return _intent(row)
 
@@ -232,4 +242,6 @@ def _intent(row: Mapping[str, Any]) -> TxIntent:
         tx_value=_int_or_none(row["tx_value"]),
         gas_limit=_int_or_none(row["gas_limit"]),
         deadline=row["deadline"],
+        packed_rebalance_ids=tuple(row["packed_rebalance_ids"] or ()),
+        packed_weights=tuple(row["packed_weights"] or ()),
     )

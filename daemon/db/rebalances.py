@@ -32,7 +32,7 @@ async def _refuse_if_traded_since(
     (a plan made from those balances would trade on balances that no longer exist)."""
     mined = await conn.fetchval(
         "SELECT max(i.block_number) FROM tx_intent i"
-        " JOIN rebalance_log r ON r.id = i.rebalance_id"
+        " JOIN rebalance_log r ON r.id = i.rebalance_id OR r.id = ANY (i.packed_rebalance_ids)"
         " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED'"
         " AND i.purpose = 'swap'",
         portfolio_id,

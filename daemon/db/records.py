@@ -205,6 +205,10 @@ class NewTxIntent:
     gas_limit: int | None = None
     deadline: int | None = None
     """Chain time (unix seconds) after which the trade is void and the nonce is cancelled."""
+    packed_rebalance_ids: tuple[int, ...] = ()
+    """Every attempt a packed transaction carries, ``rebalance_id`` first (empty: not packed)."""
+    packed_weights: tuple[int, ...] = ()
+    """Each packed attempt's number of executions: its share of the gas."""
 
 
 @attrs.frozen
@@ -236,6 +240,10 @@ class TxIntent:
     tx_value: int | None = None
     gas_limit: int | None = None
     deadline: int | None = None
+    packed_rebalance_ids: tuple[int, ...] = ()
+    """Every attempt a packed transaction carries, ``rebalance_id`` first (empty: not packed)."""
+    packed_weights: tuple[int, ...] = ()
+    """Each packed attempt's number of executions: its share of the gas."""
 
     @property
     def live(self) -> bool:
