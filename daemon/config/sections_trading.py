@@ -97,7 +97,7 @@ class ExecutionConfig:
         check=positive,
     )
     pack_max_gas: int = setting(
-        0,
+        3_000_000,
         parse_int,
         "Gas limit of a packed transaction: rebalances of several portfolios that fall due "
         "together go into one redeemDelegations call up to this much estimated gas (0: every "
