@@ -37,7 +37,7 @@ class ExecutorSettings:
     """``prices.max_age``: a plan on older prices is refused."""
     stuck_after: float
     pack_max_gas: int
-    """0: no packing."""
+    """0: no packing (and always 0 in wallet mode)."""
     lifecycle: LifecycleSettings
 
     @classmethod
@@ -54,7 +54,8 @@ class ExecutorSettings:
             expected_gas_cost_usd=config.alerts.expected_gas_cost_usd,
             max_age=config.prices.max_age,
             stuck_after=execution.stuck_after,
-            pack_max_gas=execution.pack_max_gas,
+            # Only redeemDelegations calls can be packed: a wallet-mode daemon never packs.
+            pack_max_gas=execution.pack_max_gas if execution.mode == "delegation" else 0,
             lifecycle=LifecycleSettings(
                 max_fee_per_gas=int(execution.max_fee_gwei * 10**9),
                 fee_bump=execution.fee_bump,

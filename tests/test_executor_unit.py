@@ -585,6 +585,7 @@ async def test_run_serves_requests_through_its_channel_with_several_workers(
         async with trio.open_nursery() as nursery:
             await nursery.start(world.executor.run, receive)
             assert world.events[0] == ("lease", "1")
+            assert world.executor.status.lease_held  # health and /metrics say so
             await send.send(first)
             await send.send(second)
             await trio.testing.wait_all_tasks_blocked()
@@ -603,6 +604,7 @@ async def test_run_serves_requests_through_its_channel_with_several_workers(
     assert world.executor.in_flight == set()
     assert world.events[-1] == ("released", "1")
     assert world.db.lease is None
+    assert not world.executor.status.lease_held
 
 
 async def test_one_worker_carries_out_one_request_at_a_time(

@@ -92,8 +92,9 @@ class ExecutionConfig:
     max_in_flight: int = setting(
         4,
         parse_int,
-        "Rebalances the executor carries out at once (consecutive nonces of the one signer, "
-        "receipts awaited concurrently).",
+        "Executor workers: each carries out one rebalance at a time, or, with packing, the "
+        "rebalances waiting together (consecutive nonces of the one signer, receipts awaited "
+        "concurrently).",
         check=positive,
     )
     pack_max_gas: int = setting(
