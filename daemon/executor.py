@@ -240,6 +240,7 @@ class Executor:
         )
         lease = await lease_holder.acquire()
         self.transactions.fencing_token = lease.fencing_token
+        self.status.lease_held = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lease_holder.keep, lease)
@@ -258,6 +259,7 @@ class Executor:
                         workers.start_soon(self._serve, requests)
                 raise RuntimeError("the executor's request channel was closed")
         finally:
+            self.status.lease_held = False
             await lease_holder.release(lease)
 
     async def recover(self, nursery: trio.Nursery) -> None:

@@ -25,6 +25,8 @@ class ExecutorStatus:
     """Seconds the oldest unsettled nonce has been open, once past ``stuck_after``."""
     recovering: int = 0
     """Attempts of a previous run still being settled."""
+    lease_held: bool = False
+    """This process holds the signer's lease (False: a standby waiting for it, or stopping)."""
     idle: trio.Event = attrs.Factory(trio.Event)
     """Set while no request is in flight (a graceful stop waits on it)."""
 

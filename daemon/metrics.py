@@ -193,6 +193,10 @@ class Metrics:
             "Seconds the oldest unsettled transaction has been open once past "
             "execution.stuck_after (TX_STUCK), else 0.",
         )
+        self.executor_lease_held = self._gauge(
+            "driftd_executor_signer_lease_held",
+            "1 while this process holds the signer's lease and may sign; 0 for a standby.",
+        )
         self.database_up = self._gauge(
             "driftd_database_up", "1 if the last database probe succeeded."
         )
@@ -378,8 +382,10 @@ class Metrics:
         recovering: int = 0,
         blocked: bool = False,
         stuck_seconds: float | None = None,
+        lease_held: bool = False,
     ) -> None:
         self.executor_pending.set(pending)
+        self.executor_lease_held.set(lease_held)
         if next_nonce is not None:
             self.executor_next_nonce.set(next_nonce)
         self.executor_requested.set(requested)

@@ -255,6 +255,7 @@ class LiveMetrics:
             recovering=status.recovering,
             blocked=status.blocked is not None,
             stuck_seconds=status.stuck_for,
+            lease_held=status.lease_held,
         )
         probes = self.probes
         head_at = probes.head_block_at
