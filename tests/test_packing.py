@@ -1,4 +1,5 @@
-"""Packing on the real devnet: the rebalances of several portfolios in one redeemDelegations.
+"""Packing and pipelining on the real devnet: several portfolios' rebalances in one
+redeemDelegations, or in consecutive nonces mined in one block.
 
 The executor runs against the real contracts (Uniswap V2, the Delegation Framework, the oracle
 guard) and a real PostgreSQL; the smart accounts are the devnet's, each with its owner's signed
@@ -85,6 +86,7 @@ async def make_desk(
     *,
     tokens: bool = True,
     faults: Faults | None = None,
+    workers: int = 1,
 ) -> Desk:
     desk = Desk(chain, devnet, db)
     desk.config = ConfigHolder(
@@ -104,7 +106,7 @@ async def make_desk(
         config=desk.config,
         alerts=desk,  # type: ignore[arg-type]
         outcomes=desk,
-        max_in_flight=1,
+        max_in_flight=workers,
         faults=faults or Faults(),
     )
     for token in devnet.tokens if tokens else ():
@@ -451,3 +453,41 @@ async def test_a_pack_recorded_before_a_crash_is_settled_once_for_all_its_attemp
         assert mined.gas_used is not None
         assert sum(int(row["gas_used"]) for row in found.values()) <= mined.gas_used
         await assert_no_nonce_gap(restarted)
+
+
+async def test_without_packing_the_workers_pipeline_consecutive_nonces_into_one_block(
+    chain: ChainClient,
+    devnet: Devnet,
+    db: Database,
+    db_config: DatabaseConfig,
+    accounts: list[SmartAccount],
+) -> None:
+    """Three workers, packing off, blocks held back: the three rebalances are signed with
+    consecutive nonces and wait in the node's pool together (none waits for another's
+    receipt), then all three are mined in one block."""
+    with trio.fail_after(60):
+        desk = await make_desk(chain, devnet, db, db_config, 0, workers=3)
+        portfolios = await three_portfolios(desk, accounts)
+        batch = [
+            (await request(desk, pid, name, account, "USDC", "WETH", 1_000))[0]
+            for pid, name, account in portfolios
+        ]
+        await chain.request("evm_setAutomine", [False])
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(carry_out, desk, batch)
+                while (
+                    len(await db.fetch("SELECT id FROM tx_intent WHERE status = 'BROADCAST'")) < 3
+                ):
+                    await trio.sleep(0.05)
+                await chain.request("evm_mine", [])
+                await chain.request("evm_setAutomine", [True])
+        finally:
+            await chain.request("evm_setAutomine", [True])
+        found = await rows(db)
+        assert {row["status"] for row in found.values()} == {"SUCCESS"}
+        recorded = await intents(db)
+        assert len(recorded) == 3
+        assert not any(intent.packed_rebalance_ids for intent in recorded)
+        assert len({intent.block_number for intent in recorded}) == 1, "one block"
+        await assert_no_nonce_gap(desk)
