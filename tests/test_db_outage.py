@@ -144,7 +144,11 @@ async def test_daemon_rides_out_a_database_outage_and_resumes_by_itself(
     # Once per outage, not once per tick; and said when it is over.
     assert events.count("tokens_not_refreshed") == 1
     assert events.count("prices_not_stored") == 1
-    assert events.count("database_duty_resumed") == 2
+    # Valuations are written in batches: whether one fell in the outage depends on timing.
+    assert events.count("valuations_not_stored") <= 1
+    failed = {e for e in events if e.endswith(("_not_refreshed", "_not_stored"))}
+    resumed = [e["after"] for e in logs if e["event"] == "database_duty_resumed"]
+    assert sorted(resumed) == sorted(failed)
 
 
 async def test_database_work_is_retried_with_capped_backoff(

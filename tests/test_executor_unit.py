@@ -207,7 +207,8 @@ def make_world(workers: int = 1, **config: Mapping[str, Any]) -> World:
         chain=FakeChainClient(node),
         pools=pools,
         signer=signer,
-        config=holder(**config),
+        # The world trades in wallet mode (tests that swap in delegations say so themselves).
+        config=holder(**{**config, "execution": {"mode": "wallet", **config.get("execution", {})}}),
         mode=WalletMode(router=ROUTER, signer=signer.address),
         workers=workers,
     )
