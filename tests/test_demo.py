@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from daemon import exitcodes
@@ -190,16 +191,39 @@ def assert_nothing_left(demo: DemoRun, started: dict[str, Any]) -> None:
 # --- end to end -------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_headless_demo_rebalances_every_portfolio_and_leaves_nothing_behind(
-    tmp_path: Path, demo_runs: list[DemoRun]
-) -> None:
-    demo = DemoRun(tmp_path, "--duration", "15", "--portfolios", "2", "--seed", SEED)
-    demo_runs.append(demo)
-    started = demo.read_until("started", timeout=30)
-    demo.note_resources(started)
+@attrs.frozen
+class HeadlessRun:
+    """One finished ``driftd demo --headless --report DIR`` run."""
 
-    assert demo.finish(timeout=40) == exitcodes.OK, demo.stderr()
+    demo: DemoRun
+    started: dict[str, Any]
+    returncode: int
+    reports: Path
+
+
+@pytest.fixture(scope="module")
+def headless_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadlessRun]:
+    """The demo run end to end once; the tests below check what it did and what it left
+    (the run is the slow part: one serves them all)."""
+    tmp_path = tmp_path_factory.mktemp("headless-demo")
+    reports = tmp_path / "reports"
+    demo = DemoRun(
+        tmp_path, "--duration", "15", "--portfolios", "2", "--seed", SEED, "--report", str(reports)
+    )
+    try:
+        started = demo.read_until("started", timeout=30)
+        demo.note_resources(started)
+        yield HeadlessRun(demo, started, demo.finish(timeout=60), reports)
+    finally:
+        demo.kill()
+
+
+@pytest.mark.timeout(90)
+def test_headless_demo_rebalances_every_portfolio_and_leaves_nothing_behind(
+    headless_run: HeadlessRun,
+) -> None:
+    demo, started = headless_run.demo, headless_run.started
+    assert headless_run.returncode == exitcodes.OK, demo.stderr()
 
     assert demo.events[0]["event"] == "started"
     assert demo.events[-1]["event"] == "summary"
@@ -232,6 +256,86 @@ def test_headless_demo_rebalances_every_portfolio_and_leaves_nothing_behind(
     assert summary["total"]["rebalances"] == len(successes)
 
     assert_nothing_left(demo, started)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHART_SERIES = {
+    "allocation": [r"weight-[A-Z]+", r"target-[A-Z]+"],
+    "value": ["portfolio-value", "buy-and-hold-value"],
+    "drift": ["max-drift", "threshold", "rebalances"],
+    "costs": ["cost-gas", "cost-fees", "cost-impact", "cost-slippage"],
+}
+
+
+@pytest.mark.timeout(90)
+def test_the_demo_report_renders_its_charts_in_headless_chromium(
+    headless_run: HeadlessRun, tmp_path: Path
+) -> None:
+    """``driftd demo --report`` keeps each portfolio's ``driftd report --format html`` of the
+    run (written before the demo deletes its database); opened in headless Chromium, the page
+    needs no network and its charts render with the expected series."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (./dev test installs Debian's chromium)")
+    assert headless_run.returncode == exitcodes.OK, headless_run.demo.stderr()
+    pages = sorted(headless_run.reports.glob("*.html"))
+    assert len(pages) == 2, pages
+    for page in pages:
+        _assert_charts_drawn(page.read_text())
+    screenshot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,3000",
+            pages[0].as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    colours = _colours(screenshot)
+    # Rendered charts, not a blank page: matplotlib's blue and orange series on a white page.
+    assert colours["white"] > 0.5
+    assert colours["blue"] > 0.0005
+    assert colours["orange"] > 0.0002
+
+
+def _assert_charts_drawn(page: str) -> None:
+    # Self-contained: nothing is fetched (the SVG namespace URIs are names, not requests).
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    for chart, patterns in CHART_SERIES.items():
+        figure = re.search(rf'<figure id="chart-{chart}">(.*?)</figure>', page, re.S)
+        assert figure is not None, chart
+        svg = figure.group(1)
+        for pattern in patterns:
+            groups = re.findall(rf'<g id="{pattern}">(.*?)</g>', svg, re.S)
+            assert groups, (chart, pattern)
+            for group in groups:
+                # Drawn: a path with coordinates, not an empty group.
+                assert re.search(r'<path [^>]*d="M [-\d.]+ [-\d.]+', group), (chart, pattern)
+    assert 'id="figure-rebalancing_alpha_pct"' in page
+
+
+def _colours(png: Path) -> dict[str, float]:
+    """Shares of the screenshot's pixels near white and near matplotlib's C0 and C1 colours."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(png))[..., :3].reshape(-1, 3)
+    total = len(pixels)
+
+    def near(rgb: tuple[int, int, int], tolerance: float = 0.08) -> float:
+        target = [c / 255 for c in rgb]
+        close = (abs(pixels - target) <= tolerance).all(axis=1)
+        return float(close.sum()) / total
+
+    return {
+        "white": near((255, 255, 255), 0.02),
+        "blue": near((31, 119, 180)),
+        "orange": near((255, 127, 14)),
+    }
 
 
 @pytest.mark.timeout(45)
