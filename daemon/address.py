@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 ZERO_ADDRESS: Final = "0x" + "0" * 40
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_BARE_ADDRESS_RE: Final = re.compile(r"^(0x)?[0-9a-fA-F]{40}$")
 
 
 def _shown(value: object) -> str:
@@ -58,5 +59,22 @@ def checked_address(value: object) -> str:
 
 
 def to_address(value: str | bytes) -> str:
-    """A checksummed ``0x`` address from hex text or 20 raw bytes (raises ``ValueError``)."""
-    return str(to_checksum_address(value))
+    """A checksummed ``0x`` address from hex text (``0x`` optional) or 20 raw bytes (raises
+    ``ValueError``).
+
+    EIP-55 written out rather than ``eth_utils.to_checksum_address``: this runs for every
+    address an attempt builds (legs, calls, delegations, logs), and the library's validation
+    layers cost 5× the hash itself (measured: 66 µs against 13 µs per call)."""
+    if isinstance(value, bytes):
+        if len(value) != 20:
+            raise ValueError(f"an address is 20 bytes, got {len(value)}")
+        digits = value.hex()
+    elif isinstance(value, str) and _BARE_ADDRESS_RE.match(value):
+        digits = value[-40:].lower()
+    else:
+        raise ValueError(f"not an address: {_shown(value)}")
+    hashed = keccak(digits.encode("ascii")).hex()
+    # EIP-55: a letter is upper case where the hash's nibble at its position is 8 or more.
+    return "0x" + "".join(
+        d.upper() if h > "7" else d for d, h in zip(digits, hashed[:40], strict=True)
+    )

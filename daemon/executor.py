@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 import attrs
@@ -63,7 +64,7 @@ from daemon.faults import Faults
 from daemon.lease import InstanceIdentity, SignerLeaseHolder
 from daemon.logs import get_logger
 from daemon.messages import RebalanceOutcome, RebalanceRequest
-from daemon.packing import PackMember, group_by_gas, packed_call, weights
+from daemon.packing import PackMember, packed_call, predicted_gas, weights
 from daemon.planning import ModeSource, Planner, TokenSource
 from daemon.recovery import Recovery, revert_reason, until_stored
 from daemon.signer import TxSigner
@@ -93,6 +94,8 @@ WATCH_SECONDS: Final = 1.0
 """How often liveness (stuck transactions, a blocked signer) is re-evaluated."""
 PACK_DRAIN: Final = 64
 """Most requests one worker takes at once when packing (the gas bound splits them further)."""
+PACK_WAIT: Final = 0.5
+"""Seconds a pack waits for more ready attempts before it goes out (a fraction of a block)."""
 LEASE_WAIT_EXTEND: Final = 30.0
 """Seconds of start-up time asked of systemd at each lease wait (a standby is not stuck)."""
 
@@ -104,6 +107,11 @@ def utc_now() -> datetime:
 def _packable(step: _Ready) -> bool:
     """Delegation mode with its one ``redeemDelegations`` call: its executions can join others'."""
     return isinstance(step.prepared.mode, DelegationMode) and len(step.calls) == 1
+
+
+def _pack_budget(settings: ExecutorSettings) -> int:
+    """Predicted gas a pack may hold: its signed limit (estimate × margin) stays in the bound."""
+    return int(Decimal(settings.pack_max_gas) / GAS_LIMIT_MARGIN)
 
 
 def _redemptions(step: _Ready) -> list[tuple[Delegation, Execution]]:
@@ -359,25 +367,29 @@ class Executor:
 
     async def handle_batch(self, requests: Sequence[RebalanceRequest]) -> None:
         """Carry out several requests at once, packing the calls of those that can share a
-        transaction (:mod:`daemon.packing`); each still ends its own row and gets its answer."""
+        transaction (:mod:`daemon.packing`); each still ends its own row and gets its answer.
+        Attempts are sent as they become ready, not once the whole batch is planned."""
         begun = [self._begin(request) for request in requests]
         done: dict[int, tuple[int | None, dbm.FinishedAttempt]] = {}
+        ready_out, ready_in = trio.open_memory_channel[tuple[int, _Ready]](len(requests))
         try:
-            steps: list[_Ready | None] = [None] * len(requests)
 
             async def prepare(index: int) -> None:
                 log, started, _ = begun[index]
                 step = await self._prepare(requests[index], started, log)
                 if isinstance(step, _Ready):
-                    steps[index] = step
+                    ready_out.send_nowait((index, step))  # room for every request
                 else:
                     done[index] = step
 
+            async def prepare_all() -> None:
+                async with ready_out, trio.open_nursery() as preparing:
+                    for index in range(len(requests)):
+                        preparing.start_soon(prepare, index)
+
             async with trio.open_nursery() as nursery:
-                for index in range(len(requests)):
-                    nursery.start_soon(prepare, index)
-            ready = [(i, step) for i, step in enumerate(steps) if step is not None]
-            await self._send_batch(ready, done)
+                nursery.start_soon(prepare_all)
+                await self._pack_as_ready(ready_in, done, nursery)
         finally:
             for request, (_, _, mine) in zip(requests, begun, strict=True):
                 self._end(request, mine)
@@ -707,82 +719,128 @@ class Executor:
 
     # --- several attempts in one transaction (daemon.packing) -------------------------------
 
-    async def _send_batch(
+    async def _pack_as_ready(
         self,
-        ready: Sequence[tuple[int, _Ready]],
+        ready: trio.MemoryReceiveChannel[tuple[int, _Ready]],
         done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
+        nursery: trio.Nursery,
     ) -> None:
-        """Send the ready attempts of a batch: packable ones (delegation mode, one call, an
-        estimate that does not revert) in packs within ``pack_max_gas``, the rest alone."""
-        own_gas: dict[int, int | None] = {}
+        """Group attempts as they become ready; a group goes out when the next one would pass
+        ``pack_max_gas``, when it has waited :data:`PACK_WAIT`, or when the batch is planned.
+        Attempts that cannot be packed (not one ``redeemDelegations`` call) go alone."""
+        group: list[tuple[int, _Ready]] = []
+        predicted = 0
+        opened_at = 0.0
+        async with ready:
+            while True:
+                wait = opened_at + PACK_WAIT - trio.current_time() if group else float("inf")
+                with trio.move_on_after(max(wait, 0.0)):
+                    try:
+                        index, step = await ready.receive()
+                    except trio.EndOfChannel:
+                        break
+                    if not _packable(step):
+                        nursery.start_soon(self._alone, index, step, done)
+                        continue
+                    gas = predicted_gas(len(_redemptions(step)))
+                    if group and predicted + gas > _pack_budget(step.settings):
+                        nursery.start_soon(self._send_group, group, done)
+                        group, predicted = [], 0
+                    if not group:
+                        opened_at = trio.current_time()
+                    group.append((index, step))
+                    predicted += gas
+                    continue
+                nursery.start_soon(self._send_group, group, done)
+                group, predicted = [], 0
+        if group:
+            nursery.start_soon(self._send_group, group, done)
 
-        async def estimate(index: int, step: _Ready) -> None:
-            own_gas[index] = await self._own_gas(step) if _packable(step) else None
+    async def _alone(
+        self, index: int, step: _Ready, done: dict[int, tuple[int | None, dbm.FinishedAttempt]]
+    ) -> None:
+        sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
+        done[index] = await self._finish_sent(step, sent)
 
-        async with trio.open_nursery() as nursery:
-            for index, step in ready:
-                nursery.start_soon(estimate, index, step)
-        members = [
-            (index, step, gas) for index, step in ready if (gas := own_gas[index]) is not None
-        ]
-        by_id = {step.rebalance_id: (index, step) for index, step, _ in members}
-        max_gas = ready[0][1].settings.pack_max_gas if ready else 0
-        groups = group_by_gas(
-            [
-                PackMember(step.rebalance_id, tuple(_redemptions(step)), gas)
-                for _, step, gas in members
-            ],
-            int(Decimal(max_gas) / GAS_LIMIT_MARGIN),
-        )
-
-        async def alone(index: int, step: _Ready) -> None:
-            sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
-            done[index] = await self._finish_sent(step, sent)
-
-        async def pack(group: list[PackMember]) -> None:
-            steps = [by_id[member.rebalance_id] for member in group]
-            if len(group) == 1 or not await self._send_pack(group, steps, done):
-                async with trio.open_nursery() as each:
-                    for index, step in steps:
-                        each.start_soon(alone, index, step)
-
-        async with trio.open_nursery() as nursery:
-            for index, step in ready:
-                if own_gas[index] is None:
-                    nursery.start_soon(alone, index, step)
-            for group in groups:
-                nursery.start_soon(pack, group)
-
-    async def _own_gas(self, step: _Ready) -> int | None:
-        """The gas of the attempt's call alone (None: it would revert, or the node could not
-        say — then it is sent alone, and refused there if it would revert)."""
-        call = step.calls[0]
+    async def _send_group(
+        self,
+        steps: Sequence[tuple[int, _Ready]],
+        done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
+        *,
+        screened: bool = False,
+    ) -> None:
+        """One pack of ``steps`` if its estimate allows: over the budget it is split in two; if
+        it would revert, the members whose own call would revert go alone (and are refused
+        there) and the others are tried once more as a pack (``screened``), else alone."""
+        if len(steps) == 1:
+            await self._alone(*steps[0], done)
+            return
+        members = [PackMember(step.rebalance_id, tuple(_redemptions(step))) for _, step in steps]
+        call = packed_call(steps[0][1].calls[0].to, members)
         try:
-            return await self.chain.estimate_gas(
-                call.to, call.data, sender=self.signer.address, value=call.value
+            estimate: int | None = await self.chain.estimate_gas(
+                call.to, call.data, sender=self.signer.address, value=0
             )
-        except ChainError:
-            return None
+        except ChainError as exc:
+            self._log.info("pack_not_sent", reason=str(exc), attempts=len(steps))
+            estimate = None
+        async with trio.open_nursery() as nursery:
+            if (
+                estimate is not None
+                and estimate * GAS_LIMIT_MARGIN > steps[0][1].settings.pack_max_gas
+            ):
+                half = len(steps) // 2
+                nursery.start_soon(self._send_group, steps[:half], done)
+                nursery.start_soon(self._send_group, steps[half:], done)
+            elif estimate is not None:
+                if not await self._send_pack(members, steps, estimate, done):
+                    for index, step in steps:
+                        nursery.start_soon(self._alone, index, step, done)
+            elif screened:
+                for index, step in steps:
+                    nursery.start_soon(self._alone, index, step, done)
+            else:
+                fine = await self._would_not_revert(steps)
+                for index, step in steps:
+                    if (index, step) not in fine:
+                        nursery.start_soon(self._alone, index, step, done)
+                if fine:
+                    nursery.start_soon(partial(self._send_group, fine, done, screened=True))
+
+    async def _would_not_revert(
+        self, steps: Sequence[tuple[int, _Ready]]
+    ) -> list[tuple[int, _Ready]]:
+        """The members whose own call's estimate succeeds (only asked when a pack would
+        revert: each estimate costs the node a full simulation)."""
+        fine: dict[int, bool] = {}
+
+        async def check(position: int, step: _Ready) -> None:
+            call = step.calls[0]
+            try:
+                await self.chain.estimate_gas(
+                    call.to, call.data, sender=self.signer.address, value=call.value
+                )
+            except ChainError:
+                return
+            fine[position] = True
+
+        async with trio.open_nursery() as nursery:
+            for position, (_, step) in enumerate(steps):
+                nursery.start_soon(check, position, step)
+        return [item for position, item in enumerate(steps) if fine.get(position)]
 
     async def _send_pack(
         self,
         group: Sequence[PackMember],
         steps: Sequence[tuple[int, _Ready]],
+        estimate: int,
         done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
     ) -> bool:
-        """Send one packed transaction and finish its attempts. False if nothing was signed (the
-        pack would revert, or could not be signed): the caller sends each attempt alone."""
-        manager = steps[0][1].calls[0].to
-        call = packed_call(manager, group)
+        """Send one packed transaction and finish its attempts. False if nothing was signed
+        (it could not be signed or recorded): the caller sends each attempt alone."""
+        call = packed_call(steps[0][1].calls[0].to, group)
         ids = tuple(member.rebalance_id for member in group)
         log = self._log.bind(pack=list(ids))
-        try:
-            estimate = await self.chain.estimate_gas(
-                call.to, call.data, sender=self.signer.address, value=0
-            )
-        except ChainError as exc:
-            log.info("pack_not_sent", reason=str(exc))
-            return False
         plan = TxPlan(
             to=call.to,
             data=call.data,

@@ -12,6 +12,7 @@ import random
 from datetime import timedelta
 
 import pytest
+from eth_utils.address import to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -122,6 +123,21 @@ def test_the_strict_rule_refuses_typos_and_the_zero_address() -> None:
     for bad in ("0x12", ROUTER[2:], ROUTER + "00", 42, None):
         with pytest.raises(ValueError, match="must be a 0x-prefixed 20-byte hex address"):
             checked_address(bad)
+
+
+@given(st.binary(min_size=20, max_size=20))
+def test_the_normaliser_is_eip55_as_the_library_writes_it(raw: bytes) -> None:
+    expected = to_checksum_address(raw)
+    assert to_address(raw) == expected
+    assert to_address("0x" + raw.hex()) == expected
+    assert to_address("0x" + raw.hex().upper()) == expected
+    assert to_address(raw.hex()) == expected
+
+
+def test_the_normaliser_refuses_what_is_not_an_address() -> None:
+    for bad in ("0x12", "0x" + "g" * 40, b"\x00" * 19, b"\x00" * 32, ROUTER + "00"):
+        with pytest.raises(ValueError, match="address"):
+            to_address(bad)
 
 
 def test_the_normaliser_judges_nothing() -> None:
