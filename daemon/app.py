@@ -50,7 +50,7 @@ from daemon.logs import get_logger
 from daemon.messages import PriceSnapshot, RebalanceRequest
 from daemon.metrics import Metrics, serve_metrics
 from daemon.modes import ExecutionModeBook
-from daemon.portfolio import PortfolioDeps, no_field_reprs
+from daemon.portfolio import EverySnapshot, PortfolioDeps, no_field_reprs
 from daemon.portfolio_supervisor import PortfolioSupervisor
 from daemon.prices import OracleSource, PriceSource, RouterSource, run_price_feed
 from daemon.probes import LiveMetrics, Probes, is_alive, run_probes, status_line
@@ -59,6 +59,7 @@ from daemon.retry import OutageLog
 from daemon.signer import TxSigner
 from daemon.supervise import RestartPolicy
 from daemon.systemd import Notifier, run_watchdog, watchdog_interval
+from daemon.tick_screen import TickScreen
 from daemon.tokens import TokenBook
 from daemon.uniswap import UniswapV2
 
@@ -124,6 +125,8 @@ class _Starts:
     batcher: BalanceBatcher
     held: HeldBalances | None
     """``chain.follow_transfers``: balances followed from Transfer logs (else the batcher's)."""
+    screen: TickScreen | None
+    """With ``held``: the per-tick screen that wakes only the actors needing the exact engine."""
     prices: PriceStore
     valuations: Valuations
     """Writes the actors' valuations in batches."""
@@ -237,6 +240,13 @@ def _assemble(
     follow = s.config.current.chain.follow_transfers
     held = HeldBalances(chain, batcher, snapshots) if follow else None
     valuations = Valuations(database, s.tokens, s.config, now, s.outages)
+    # Balances held in memory: one pass per tick screens every portfolio and wakes only the
+    # actors that need the exact engine. Read from the node, they are each actor's to read.
+    screen = (
+        None
+        if held is None
+        else TickScreen(snapshots, held, s.config, now, records_valuations=True)
+    )
     deps = PortfolioDeps(
         snapshots=snapshots,
         balances=batcher if held is None else held,
@@ -250,6 +260,7 @@ def _assemble(
         supervisor=s.supervisor,
         valuations=valuations,
         faults=s.executor.faults,
+        turns=EverySnapshot(snapshots) if screen is None else screen,
     )
     probes = Probes()
     reconciler = PortfolioReconciler(
@@ -280,6 +291,7 @@ def _assemble(
         requests=receive,
         batcher=batcher,
         held=held,
+        screen=screen,
         prices=PriceStore(database, s.tokens, s.outages),
         valuations=valuations,
         runtime_params=RuntimeParamsWatcher(s.config, database),
@@ -323,6 +335,8 @@ async def _start_actors(
     await nursery.start(starts.batcher.run)
     if starts.held is not None:
         await nursery.start(starts.held.run)
+    if starts.screen is not None:
+        await nursery.start(starts.screen.run)
     await nursery.start(daemon.portfolios.watch)
     await nursery.start(run_probes, daemon)
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import decimal
 import math
+import operator
+import sys
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from enum import StrEnum
@@ -271,7 +273,128 @@ def value_portfolio(
 
 SCREEN_MARGIN: Final = 0.01
 """How far below the threshold (in drift, 0.01 = one percentage point) a screened drift must be
-for a caller to skip the exact evaluation: float error here is ~1e-15, so this is ample."""
+for a caller to skip the exact evaluation.
+
+Why it is ample: :func:`screen_drift` only answers when every amount, price, weight and value it
+multiplies is a normal float (it refuses subnormals and infinities), so each operation rounds
+by at most ``u = 2^-53 ≈ 1.1e-16`` relative. A token's amount ``balance · 10^-decimals`` is
+then within 3 roundings of the exact one, its price within 1, amount/weight within 5, a value
+amount·price within 5, the total of ``n`` values within ``n + 4``, and a ratio
+``(amount/weight) · price / total`` within ``n + 12``. Below the threshold a ratio is below 2,
+so the screened drift ``|ratio − 1|`` is off by at most ``2(n + 13)u`` — under 1e-14 for 30
+tokens, twelve orders of magnitude inside this margin (``tests/test_drift_screen.py`` checks
+the bound on adversarial inputs). The margin is a policy, not an error bound: a portfolio
+within a point of its threshold is worth the exact engine on every tick."""
+_NORMAL_MIN: Final = sys.float_info.min
+"""The smallest normal float: below it (subnormals) a float loses relative precision."""
+
+
+@attrs.frozen
+class ScreenTargets:
+    """A portfolio's tokens as the float screen reads them (built once per portfolio)."""
+
+    symbols: tuple[str, ...]
+    scales: tuple[float, ...]
+    """``10.0 ** -decimals`` per token: base units to whole tokens."""
+    weights: tuple[float, ...]
+
+    @classmethod
+    def of(
+        cls, symbols: Sequence[str], decimals: Sequence[int], weights: Sequence[Decimal]
+    ) -> ScreenTargets | None:
+        """None when a weight is not a normal float (the exact path alone can judge it)."""
+        # Plain loops rather than generators: without the tick screen every actor builds these
+        # on every evaluation.
+        as_floats = []
+        for weight in weights:
+            as_float = float(weight)  # NaN fails the range check below, infinities too
+            if not _NORMAL_MIN <= as_float < math.inf:
+                return None
+            as_floats.append(as_float)
+        return cls(tuple(symbols), tuple([10.0**-d for d in decimals]), tuple(as_floats))
+
+    def holdings(self, balances: Sequence[int]) -> ScreenHoldings | None:
+        """The balances (base units, in :attr:`symbols` order) as amounts; None when one is not
+        a normal float."""
+        units, per_weight = [], []
+        smallest = math.inf
+        try:
+            for balance, scale, weight in zip(balances, self.scales, self.weights, strict=True):
+                unit = balance * scale
+                if unit:
+                    if not _NORMAL_MIN <= unit < math.inf:
+                        return None
+                    smallest = min(smallest, unit)
+                units.append(unit)
+                per_weight.append(unit / weight)
+        except OverflowError:  # beyond the float range (no ERC-20 balance is)
+            return None
+        return ScreenHoldings(tuple(units), tuple(per_weight), smallest)
+
+
+@attrs.frozen
+class ScreenHoldings:
+    """A portfolio's balances as the float screen reads them (rebuilt when they change)."""
+
+    units: tuple[float, ...]
+    """Whole tokens per token."""
+    per_weight: tuple[float, ...]
+    """Whole tokens over the target weight: times the price over the total, the token's ratio
+    to its target value."""
+    smallest: float
+    """The smallest non-zero amount (with the smallest price: no value is subnormal)."""
+
+
+@attrs.frozen
+class ScreenPrices:
+    """One set of tokens' prices as the float screen reads them (built once per snapshot)."""
+
+    usd: tuple[float, ...]
+    tradable: tuple[int, ...] | None
+    """Positions of the tokens whose health is HEALTHY, or None when all are."""
+    smallest: float
+
+    @classmethod
+    def of(
+        cls, symbols: Sequence[str], prices: Mapping[str, object], health: Mapping[str, str]
+    ) -> ScreenPrices | None:
+        """None when a price is missing, not a positive finite Decimal, or outside the normal
+        float range (the exact path tells why)."""
+        usd = []
+        healthy = []
+        for position, symbol in enumerate(symbols):
+            price = prices.get(symbol)
+            if not isinstance(price, Decimal):
+                return None
+            as_float = float(price)  # NaN and infinities fail the range check
+            if not _NORMAL_MIN <= as_float < math.inf:
+                return None
+            usd.append(as_float)
+            if health.get(symbol, HEALTHY) == HEALTHY:
+                healthy.append(position)
+        if not healthy:
+            return None  # no token is tradable: the exact path says so
+        tradable = None if len(healthy) == len(usd) else tuple(healthy)
+        return cls(tuple(usd), tradable, min(usd))
+
+
+def screen_drift(holdings: ScreenHoldings, prices: ScreenPrices) -> float | None:
+    """The largest |drift| of the tradable tokens, in floats, or None when only the exact path
+    can tell (no value, a value outside the normal float range).
+
+    A screen, never a decision: with 10 000 portfolios per tick most are far inside their band,
+    and a float estimate well below the threshold (:data:`SCREEN_MARGIN`) lets the caller skip
+    the exact Decimal evaluation, which alone decides whether and what to trade. It does not
+    validate the portfolio: call it only for one :func:`evaluate` has accepted. Written for
+    speed (it runs for every portfolio on every tick): C-level ``map`` over prepared tuples."""
+    usd = prices.usd
+    if prices.tradable is None:
+        scaled = list(map(operator.mul, holdings.per_weight, usd))
+    else:
+        per_weight = holdings.per_weight
+        scaled = [per_weight[i] * usd[i] for i in prices.tradable]
+    total = sum(map(operator.mul, holdings.units, usd))
+    return _largest_drift(total, holdings.smallest * prices.smallest, scaled)
 
 
 def screened_max_drift(
@@ -280,35 +403,41 @@ def screened_max_drift(
     prices: Mapping[str, Decimal],
     health: Mapping[str, str],
 ) -> float | None:
-    """The largest |drift| of the tradable tokens, in floats, or None when only the exact path
-    can tell (a price missing or not a positive finite number, an unknown token, no value, no
-    tradable token).
-
-    A screen, never a decision: with 10 000 portfolios per tick most are far inside their band,
-    and a float estimate well below the threshold (:data:`SCREEN_MARGIN`) lets the caller skip
-    the exact Decimal evaluation, which alone decides whether and what to trade. It does not
-    validate the portfolio: call it only for one :func:`evaluate` has accepted."""
-    values: list[tuple[str, float]] = []
-    total = 0.0
-    for holding in holdings:
-        price = prices.get(holding.symbol)
-        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
-            return None
-        value = holding.balance * 10.0**-holding.decimals * float(price)
-        values.append((holding.symbol, value))
-        total += value
-    if not total > 0 or not math.isfinite(total):
+    """:func:`screen_drift` of the engine's inputs, in one pass (what an actor screening its
+    own evaluation calls): the same floating-point operations in the same order, so the same
+    answer to the last bit (``tests/test_drift_screen.py`` checks it)."""
+    values, scaled = [], []
+    smallest_unit = smallest_price = math.inf
+    try:
+        for holding in holdings:
+            price, weight = prices.get(holding.symbol), targets.get(holding.symbol)
+            if not isinstance(price, Decimal) or weight is None:
+                return None
+            usd, as_float = float(price), float(weight)
+            if not (_NORMAL_MIN <= usd < math.inf and _NORMAL_MIN <= as_float < math.inf):
+                return None
+            unit = holding.balance * 10.0**-holding.decimals
+            if unit:
+                if not _NORMAL_MIN <= unit < math.inf:
+                    return None
+                smallest_unit = min(smallest_unit, unit)
+            smallest_price = min(smallest_price, usd)
+            values.append(unit * usd)
+            if health.get(holding.symbol, HEALTHY) == HEALTHY:
+                scaled.append(unit / as_float * usd)
+    except OverflowError:  # a balance beyond the float range (no ERC-20 balance is)
         return None
-    worst: float | None = None
-    for symbol, value in values:
-        if health.get(symbol, HEALTHY) != HEALTHY:
-            continue
-        weight = targets.get(symbol)
-        if weight is None:
-            return None
-        drift = abs(value / (float(weight) * total) - 1)
-        worst = drift if worst is None else max(worst, drift)
-    return worst
+    return _largest_drift(sum(values), smallest_unit * smallest_price, scaled)
+
+
+def _largest_drift(total: float, smallest_value: float, scaled: list[float]) -> float | None:
+    """max |ratio − 1| from each tradable token's ``amount / weight · price`` and the total
+    value, or None when they are outside the normal float range (or no token is tradable)."""
+    if not scaled or not _NORMAL_MIN <= total < math.inf or smallest_value < _NORMAL_MIN:
+        return None
+    highest: float = max(scaled) / total - 1
+    lowest: float = 1 - min(scaled) / total
+    return max(highest, lowest)
 
 
 def evaluate(

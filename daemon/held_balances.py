@@ -3,10 +3,12 @@
 With ``chain.follow_transfers`` the actors read their balances here instead of asking the node
 every tick. An account or token not followed yet is read through the fallback (the
 :class:`~daemon.balances.BalanceBatcher`) and joins the followed set at the next rebuild, a
-second later. For a followed account, the first read of each new price tick (or after
-``FRESHNESS`` seconds) advances the follower (a head read, a block read for the reorg check
-and one ``eth_getLogs``), and every other actor's read in the same tick waits for that advance
-and is answered from memory: the cost per tick no longer depends on the number of portfolios.
+second later. For a followed account, the first :meth:`HeldBalances.refresh` of each new price
+tick (or after ``FRESHNESS`` seconds) advances the follower (a head read, a block read for the
+reorg check and one ``eth_getLogs``) — the tick screen's (:mod:`daemon.tick_screen`), or an
+actor's read — and every other read in the same tick waits for that advance and is answered
+from memory: the cost per tick no longer depends on the number of portfolios. The screen reads
+the same balances without I/O (:meth:`HeldBalances.held`).
 
 Each answer carries the block its balances are as of, which is what the executor needs to
 refuse a plan that predates a trade of the portfolio. A failed advance raises its
@@ -20,7 +22,7 @@ between, so a read needs no lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NoReturn, Protocol
 
 import attrs
@@ -69,6 +71,11 @@ class HeldBalances:
     _advanced_at: float = attrs.field(default=float("-inf"), init=False)
     _advanced_for: int = attrs.field(default=-1, init=False)
     """The snapshot version the follower last advanced for."""
+    _failed: tuple[int, float, ChainError] | None = attrs.field(default=None, init=False)
+    """The snapshot version whose advance failed, when, and how (its other readers skip at
+    once)."""
+    _addresses: dict[str, str] = attrs.field(factory=dict, init=False)
+    """Addresses as given → checksummed (a cache: the same few thousand on every tick)."""
 
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
@@ -83,14 +90,7 @@ class HeldBalances:
         ):
             self._want(account, wanted)
             return await self.fallback.read_with_block(account, wanted)
-        if self._stale():
-            async with self._lock:  # the first reader of a tick advances; the others wait
-                if self._stale():
-                    version = self.ticks.version
-                    assert self.follower is not None  # a rebuild only ever replaces it
-                    await self.follower.advance()
-                    self._advanced_at = trio.current_time()
-                    self._advanced_for = version
+        await self.refresh()
         # Mutations replace balances and block together, with no await in between: a read
         # here sees one consistent state without taking the lock.
         follower = self.follower
@@ -100,6 +100,57 @@ class HeldBalances:
             {token: follower.balances[(account, token)] for token in wanted},
             follower.block.number,
         )
+
+    async def refresh(self) -> None:
+        """Bring the followed balances up to the node's head, once per price tick (and at most
+        ``FRESHNESS`` seconds apart otherwise): the first caller advances, the others wait for
+        it. A failed advance raises its ChainError to every caller of the same tick for
+        ``FRESHNESS`` seconds, without another attempt each (10 000 actors would otherwise queue
+        10 000 advances behind the lock against a node that is down)."""
+        if not self._stale():
+            return
+        async with self._lock:
+            if not self._stale():
+                return
+            version, now = self.ticks.version, trio.current_time()
+            if self._failed is not None:
+                failed_for, failed_at, error = self._failed
+                if failed_for == version and now - failed_at < FRESHNESS:
+                    raise error.with_traceback(None)
+            if self.follower is None:
+                return  # nothing followed yet: every read goes through the fallback
+            try:
+                await self.follower.advance()
+            except ChainError as exc:
+                self._failed = (version, now, exc)
+                raise
+            self._failed = None
+            self._advanced_at = trio.current_time()
+            self._advanced_for = version
+
+    def held(self, account: str, tokens: Sequence[str]) -> list[int] | None:
+        """The followed balances of ``tokens`` (in that order) as of the last
+        :meth:`refresh`, without I/O; None when the account or a token is not followed (its
+        actor's next read asks the fallback and has it followed)."""
+        follower = self.follower
+        if follower is None:
+            return None
+        balances = follower.balances
+        holder = self._address(account)
+        out = []
+        for token in tokens:
+            balance = balances.get((holder, self._address(token)))
+            if balance is None:
+                return None
+            out.append(balance)
+        return out
+
+    def _address(self, value: str) -> str:
+        # Checksumming hashes (keccak): the tick screen asks for every portfolio on every tick.
+        known = self._addresses.get(value)
+        if known is None:
+            known = self._addresses[value] = to_address(value)
+        return known
 
     def _stale(self) -> bool:
         # Once per tick (a plan made on balances from before our own last trade would only be

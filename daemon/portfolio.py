@@ -1,11 +1,13 @@
 """The portfolio actor: one per active portfolio, run by the supervisor.
 
-On every new price snapshot (or a manual trigger) it reads the smart account's balances on chain
-in one batched round trip, runs the pure engine, and — when the engine says REBALANCE and the
-cooldown has passed — sends the plan to the executor and waits for the outcome on its own reply
-channel. Everything it must remember across crashes lives in :class:`PortfolioState`, which the
-supervisor owns; the cooldown clock in it is seeded from ``rebalance_log`` when the actor is first
-created, so it also survives process restarts.
+On its turn — every new price snapshot (:class:`EverySnapshot`), or, with balances held in
+memory, the snapshots the tick screen wakes it for (:mod:`daemon.tick_screen`: the others it
+settles itself) — or on a manual trigger, it reads the smart account's balances, runs the pure
+engine, and — when the engine says REBALANCE and the cooldown has passed — sends the plan to
+the executor and waits for the outcome on its own reply channel. Everything it must remember
+across crashes lives in :class:`PortfolioState`, which the supervisor owns; the cooldown clock in
+it is seeded from ``rebalance_log`` when the actor is first created, so it also survives process
+restarts.
 
 Skips are logged with their reason (bad prices, cooldown, failure backoff, paused, a signer that
 cannot send); they are not rebalance attempts, so they write no ``rebalance_log`` row — only what
@@ -82,7 +84,9 @@ class PortfolioState:
     """FAILED attempts since the last trade."""
     retry_at: datetime | None = None
     """After a FAILED attempt: no new request before this (exponential backoff)."""
-    last_max_drift: Decimal | None = None
+    _last_max_drift: Decimal | float | None = attrs.field(default=None, alias="last_max_drift")
+    """:attr:`last_max_drift` as last set: exact, or the tick screen's float (not converted
+    until read: 10 000 conversions per tick cost more than the screen's arithmetic)."""
     last_decision: str | None = None
     last_evaluated_at: datetime | None = None
     last_outcome: RebalanceOutcome | None = None
@@ -104,6 +108,27 @@ class PortfolioState:
     """The actor's wait for the next snapshot, while it waits (cancelled by a request)."""
     evaluated: trio.Event = attrs.Factory(trio.Event)
     """Set (and replaced) after each evaluation, including any rebalance it started."""
+
+    @property
+    def last_max_drift(self) -> Decimal | None:
+        """The largest drift last found: the exact engine's, or the float screen's to 6
+        decimals."""
+        drift = self._last_max_drift
+        if isinstance(drift, float):
+            drift = self._last_max_drift = Decimal(f"{drift:.6f}")
+        return drift
+
+    @last_max_drift.setter
+    def last_max_drift(self, drift: Decimal | None) -> None:
+        self._last_max_drift = drift
+
+    def settle(self, version: int, at: datetime, drift: float) -> None:
+        """Snapshot ``version`` evaluated by the tick screen at ``at``: within tolerance, as the
+        last decision already says, with a float ``drift``."""
+        self.seen_version = version
+        self.evaluations += 1
+        self.last_evaluated_at = at
+        self._last_max_drift = drift
 
     def request_evaluation(self) -> None:
         """Make the actor evaluate now (or, if it is evaluating, once more right after)."""
@@ -213,6 +238,27 @@ class HealthReport(Protocol):
         """The actor ``key`` completed a cycle: its next crash backs off from scratch."""
 
 
+class Turns(Protocol):
+    """When an actor evaluates next: :class:`EverySnapshot`, or the tick screen
+    (:class:`daemon.tick_screen.TickScreen`), which wakes only the actors that need the exact
+    engine and settles the others itself."""
+
+    async def wait_turn(self, spec: PortfolioSpec, state: PortfolioState) -> None:
+        """Return when the actor must evaluate (a request cancels the wait: see
+        :meth:`PortfolioState.request_evaluation`)."""
+
+
+@attrs.define(eq=False)
+class EverySnapshot:
+    """Every actor evaluates every new snapshot: for balances read from the node on each
+    evaluation, which no screen outside the actor could see without reading them itself."""
+
+    snapshots: Latest[PriceSnapshot]
+
+    async def wait_turn(self, spec: PortfolioSpec, state: PortfolioState) -> None:
+        await self.snapshots.wait_newer(state.seen_version)
+
+
 def no_field_reprs(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
     """An attrs ``field_transformer``: no field in the ``repr`` (nor in a pretty-printer that
     reads the fields, such as a traceback rendering frame locals). For records of services: a
@@ -240,6 +286,10 @@ class PortfolioDeps:
     """Stores valuations (every ``report.valuation_interval`` seconds, and around trades)."""
     faults: Faults = attrs.Factory(Faults)
     """Test hook: raises at named points (``evaluate``) to exercise supervision."""
+    turns: Turns = attrs.field(
+        default=attrs.Factory(lambda self: EverySnapshot(self.snapshots), takes_self=True)
+    )
+    """When each actor evaluates (by default: on every new snapshot)."""
     params: RuntimeParamsBook = attrs.field(
         init=False,
         default=attrs.Factory(lambda self: RuntimeParamsBook(self.config), takes_self=True),
@@ -249,20 +299,22 @@ class PortfolioDeps:
 async def run_portfolio_actor(
     spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps
 ) -> None:
-    """Evaluate on every new snapshot or trigger, forever."""
+    """Evaluate whenever :attr:`PortfolioDeps.turns` says so or an operator asks, forever."""
     state.accepted = False  # the spec may be new: the first evaluation is exact
+    log = get_logger(actor="portfolio", portfolio=spec.name)  # bound once, not per evaluation
     while True:
-        await _next_cause(state, deps)
+        await _next_cause(spec, state, deps)
+        state.seen_version = deps.snapshots.version  # the snapshot this evaluation reads
         try:
-            await evaluate_portfolio(spec, state, deps)
+            await evaluate_portfolio(spec, state, deps, log)
         finally:
             done, state.evaluated = state.evaluated, trio.Event()
             done.set()
         deps.supervisor.mark_healthy(spec.name)
 
 
-async def _next_cause(state: PortfolioState, deps: PortfolioDeps) -> None:
-    """Until a snapshot newer than the last one evaluated, or a request to evaluate now.
+async def _next_cause(spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps) -> None:
+    """Until the actor's turn (:attr:`PortfolioDeps.turns`), or a request to evaluate now.
 
     In the actor's own task, under a cancel scope the request cancels: no task is spawned per
     tick (with 10 000 actors a nursery per wait cost more than the engine)."""
@@ -270,10 +322,12 @@ async def _next_cause(state: PortfolioState, deps: PortfolioDeps) -> None:
         with trio.CancelScope() as scope:
             state.waiting = scope
             try:
-                version, _ = await deps.snapshots.wait_newer(state.seen_version)
-                state.seen_version = version
+                await deps.turns.wait_turn(spec, state)
             finally:
-                state.waiting = None
+                # A restart starts the next incarnation before this one has unwound: never
+                # clear its wait (a request could then no longer wake it).
+                if state.waiting is scope:
+                    state.waiting = None
     state.evaluation_requested = False
 
 
@@ -294,10 +348,13 @@ class _Skip:
 
 
 async def evaluate_portfolio(
-    spec: PortfolioSpec, state: PortfolioState, deps: PortfolioDeps
+    spec: PortfolioSpec,
+    state: PortfolioState,
+    deps: PortfolioDeps,
+    log: FilteringBoundLogger | None = None,
 ) -> str:
     """One evaluation; returns what happened in a few words (for logs, tests and control)."""
-    log = get_logger(actor="portfolio", portfolio=spec.name)
+    log = log or get_logger(actor="portfolio", portfolio=spec.name)
     deps.faults.check("evaluate", spec.name)
     now = deps.now()
     params = deps.params.current()
@@ -364,7 +421,7 @@ def _screened(
     if not state.accepted or _valuation_due(state, deps, params):
         return None
     drift = screened_max_drift(holdings, spec.targets, priced.prices, priced.snapshot.health)
-    if drift is None or drift >= float(params.engine.drift_threshold) - SCREEN_MARGIN:
+    if drift is None or drift >= screen_limit(params):
         return None
     return Decimal(f"{drift:.6f}")
 
@@ -533,15 +590,35 @@ def _record_valuation(
 
 
 def _valuation_due(state: PortfolioState, deps: PortfolioDeps, params: RuntimeParams) -> bool:
-    return deps.valuations is not None and (
-        state.valuation_after_trade
-        or state.last_valuation_at is None
-        or trio.current_time() - state.last_valuation_at >= params.valuation_interval
+    return deps.valuations is not None and valuation_due(
+        state, trio.current_time() - params.valuation_interval
     )
 
 
+def valuation_due(state: PortfolioState, last_due: float) -> bool:
+    """Whether the portfolio's next evaluation stores a valuation (when valuations are kept):
+    one after a trade, a first one, or when the last was taken at or before ``last_due``
+    (``trio.current_time()`` minus ``report.valuation_interval``)."""
+    return (
+        state.valuation_after_trade
+        or state.last_valuation_at is None
+        or state.last_valuation_at <= last_due
+    )
+
+
+def screen_limit(params: RuntimeParams) -> float:
+    """The float drift below which an evaluation may be settled without the exact engine:
+    :data:`~daemon.drift.SCREEN_MARGIN` below the drift threshold, or below ``high_drift`` when
+    that is lower (HIGH_DRIFT is the exact engine's to raise, too)."""
+    return float(min(params.engine.drift_threshold, params.high_drift)) - SCREEN_MARGIN
+
+
 def _skip(state: PortfolioState, log: FilteringBoundLogger, reason: str, **fields: object) -> str:
+    # "Still within tolerance" on every tick of every portfolio says nothing an operator needs
+    # (health and metrics show the drift): info when the decision changes, debug otherwise.
+    # Other skips (cooldown, stale prices, paused…) stay at info every time.
+    repeated = reason == WITHIN_TOLERANCE and state.last_decision == WITHIN_TOLERANCE
     state.last_decision = reason
     printable = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in fields.items()}
-    log.info("rebalance_skipped", reason=reason, **printable)
+    (log.debug if repeated else log.info)("rebalance_skipped", reason=reason, **printable)
     return reason
