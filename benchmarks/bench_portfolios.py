@@ -170,6 +170,9 @@ class DaemonParts:
     in_flight: frozenset[int] = frozenset()
     accepting: bool = True
 
+    def traded(self) -> None:
+        """Balances here are read afresh every time."""
+
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
     ) -> tuple[Mapping[str, int], int | None]:

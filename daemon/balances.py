@@ -162,6 +162,9 @@ class BalanceBatcher:
         balances, _block = await self.read_with_block(account, tokens)
         return balances
 
+    def traded(self) -> None:
+        """Nothing to do: every read asks the node afresh."""
+
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
     ) -> tuple[dict[str, int], int | None]:

@@ -101,6 +101,12 @@ class HeldBalances:
             follower.block.number,
         )
 
+    def traded(self) -> None:
+        """A trade of a followed account was mined: the next read advances first, whatever the
+        tick (a plan made on balances from before the trade would only be refused by the
+        executor, and logged as a skipped attempt)."""
+        self._advanced_for = -1
+
     async def refresh(self) -> None:
         """Bring the followed balances up to the node's head, once per price tick (and at most
         ``FRESHNESS`` seconds apart otherwise): the first caller advances, the others wait for

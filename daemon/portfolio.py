@@ -189,6 +189,9 @@ class BalanceReader(Protocol):
     ) -> tuple[Mapping[str, int], int | None]:
         """(balance by token address in base units, the block they were read at or after)."""
 
+    def traded(self) -> None:
+        """The portfolio's trade was mined: the next read must see balances from after it."""
+
 
 class ExecutorState(Protocol):
     """What an actor asks the executor before it sends a request
@@ -516,6 +519,8 @@ async def _request(
             outcome = await reply_receive.receive()
     finally:
         state.in_flight = False
+    if outcome.status in ("SUCCESS", "PARTIAL"):
+        deps.balances.traded()
     state.last_outcome = outcome
     state.last_decision = f"{outcome.status}: {outcome.error or outcome.tx_hash or ''}".strip()
     log.info(
@@ -584,9 +589,21 @@ def _record_valuation(
         kind = "interval"
     else:
         return
-    state.last_valuation_at = trio.current_time()
+    now = trio.current_time()
+    if kind == "interval" and state.last_valuation_at is None:
+        # Portfolios started together would all come due on the same tick, every interval
+        # (10 000 actors woken at once): the first one's clock is set back by a share of the
+        # interval fixed by the portfolio id, so its next valuation comes sooner, never later.
+        now -= valuation_phase(spec.id) * params.valuation_interval
+    state.last_valuation_at = now
     state.valuation_after_trade = False
     deps.valuations.record(spec, decision, holdings, priced.prices, kind)
+
+
+def valuation_phase(portfolio_id: int) -> float:
+    """A share of the valuation interval in [0, 1), spread evenly over consecutive ids (the
+    golden ratio's fractional part: any run of ids covers the interval without clumping)."""
+    return (portfolio_id * 0.6180339887498949) % 1.0
 
 
 def _valuation_due(state: PortfolioState, deps: PortfolioDeps, params: RuntimeParams) -> bool:

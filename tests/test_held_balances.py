@@ -106,6 +106,22 @@ async def test_a_failed_advance_is_every_reader_of_the_tick_s_answer_without_a_r
     assert follower.advances == 3
 
 
+async def test_after_a_trade_the_next_read_advances_within_the_same_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Without it the actor's next plan, right after its own trade, is made on the balances
+    from before it, and the executor refuses it (a skipped attempt per trade)."""
+    held, follower, ticks = held_balances()
+    ticks.publish(1)
+    await read_all(held, 2)
+    assert follower.advances == 1
+    await read_all(held, 2)
+    assert follower.advances == 1, "the same tick: no second advance"
+    held.traded()
+    await read_all(held, 2)
+    assert follower.advances == 2
+
+
 async def test_the_screen_s_view_reads_memory_only() -> None:
     held, follower, _ = held_balances()
     lower = [token.lower() for token in TOKENS]

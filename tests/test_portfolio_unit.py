@@ -162,6 +162,9 @@ class Actor:
 
     # -- what the actor asks of the daemon --
 
+    def traded(self) -> None:
+        """Balances here are read afresh every time."""
+
     async def read_with_block(
         self, account: str, tokens: Iterable[str]
     ) -> tuple[Mapping[str, int], int | None]:
