@@ -57,7 +57,7 @@ class ChainConfig:
         check=at_least(1),
     )
     follow_transfers: bool = setting(
-        False,
+        True,
         parse_bool,
         "Keep portfolio balances from the tokens' Transfer logs (one eth_getLogs per tick, "
         "whatever the number of portfolios) instead of reading every balance every tick; "
