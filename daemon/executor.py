@@ -94,6 +94,10 @@ WATCH_SECONDS: Final = 1.0
 """How often liveness (stuck transactions, a blocked signer) is re-evaluated."""
 PACK_DRAIN: Final = 64
 """Most requests one worker takes at once when packing (the gas bound splits them further)."""
+PREPARE_AT_ONCE: Final = 8
+"""Attempts planned at the same time. Planning is mostly CPU (quotes, the guard's bound, ABI
+encoding): a thousand planned at once all finish together, late, and the first pack waits for
+the last plan; a few at a time finish in order and packs stream out behind them."""
 PACK_WAIT: Final = 0.5
 """Seconds a pack waits for more ready attempts before it goes out (a fraction of a block)."""
 LEASE_WAIT_EXTEND: Final = 30.0
@@ -196,6 +200,9 @@ class Executor:
     _chain_checked_at: float = attrs.field(init=False, default=float("-inf"))
     in_flight: set[int] = attrs.field(init=False, factory=set)
     """Portfolio ids with an attempt being carried out or recovered."""
+    _preparing: trio.CapacityLimiter = attrs.field(
+        init=False, factory=lambda: trio.CapacityLimiter(PREPARE_AT_ONCE)
+    )
 
     def __attrs_post_init__(self) -> None:
         self.status = ExecutorStatus(signer=self.signer.address)
@@ -448,6 +455,12 @@ class Executor:
     ) -> _Ready | tuple[int | None, dbm.FinishedAttempt]:
         """Refuse, or start the PENDING row and plan the calls (stored before any is sent); an
         attempt that ends before sending anything is finished here."""
+        async with self._preparing:
+            return await self._prepare_now(request, started, log)
+
+    async def _prepare_now(
+        self, request: RebalanceRequest, started: float, log: Any
+    ) -> _Ready | tuple[int | None, dbm.FinishedAttempt]:
         refusal = self._refusal(request)
         rebalance_id: int | None = None
         if refusal is None:
