@@ -188,6 +188,7 @@ async def _services(
     signer: TxSigner,
     database: dbm.Database,
     chain: ChainClient,
+    metrics: Metrics,
 ) -> _Services:
     """Every shared service, in dependency order (the token book is read once here)."""
     holder = ConfigHolder(base=config)
@@ -196,7 +197,6 @@ async def _services(
     await tokens.refresh()
     quote = tokens.quote()
     uniswap = UniswapV2(chain, config.chain.router, quote.address if quote else None)
-    metrics = Metrics(version=package_version(), now=functools.partial(_unix_time, now))
     alerts = AlertSink(holder, now, counter=metrics)
     supervisor = PortfolioSupervisor(
         RestartPolicy.from_config(config), alerts=alerts, metrics=metrics, config=holder, now=now
@@ -384,8 +384,13 @@ async def run_daemon(
         applied = await database.migrate()
         if applied:
             log.info("migrations_applied", versions=[m.version for m in applied])
-        async with ChainClient(config.chain) as chain, httpx.AsyncClient(timeout=10) as http:
-            services = await _services(config, env, now, faults, signer, database, chain)
+        # Made first: the chain client counts every JSON-RPC call in it.
+        metrics = Metrics(version=package_version(), now=functools.partial(_unix_time, now))
+        async with (
+            ChainClient(config.chain, observer=metrics) as chain,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            services = await _services(config, env, now, faults, signer, database, chain, metrics)
             daemon, starts = _assemble(services, signer, database, chain, now)
             primary, secondary = price_sources(config, starts.uniswap, http, now)
             async with trio.open_nursery() as nursery:

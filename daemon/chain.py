@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Protocol, Self
 
 import attrs
 import httpx
@@ -193,6 +193,12 @@ RpcCall = tuple[str, Sequence[Json]]
 _BALANCE_OF: Final = function_selector("balanceOf(address)")
 
 
+class RpcObserver(Protocol):
+    """Hears the outcome of every JSON-RPC call (:class:`daemon.metrics.Metrics`)."""
+
+    def rpc_request(self, method: str, ok: bool) -> None: ...
+
+
 class ChainClient:
     """JSON-RPC over one keep-alive HTTP connection pool. Create with ``async with``.
 
@@ -209,8 +215,10 @@ class ChainClient:
         retry: RetryPolicy | None = None,
         check_chain_id: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        observer: RpcObserver | None = None,
     ) -> None:
         self.rpc_url = config.rpc_url
+        self._observer = observer
         self.chain_id = config.chain_id
         self.retry = retry or RetryPolicy(max_retries=config.max_retries)
         self._check_chain_id = check_chain_id
@@ -253,10 +261,20 @@ class ChainClient:
     async def request(self, method: str, params: Sequence[Json] = ()) -> Json:
         """One JSON-RPC call; its ``result``, or the typed error."""
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-        reply = await self._post_with_retries(json.dumps(body).encode())
-        if not isinstance(reply, Mapping):
-            raise RpcTransportError(f"{self._where}: {method}: reply is not a JSON-RPC object")
-        return self._result_of(reply, method)
+        try:
+            reply = await self._post_with_retries(json.dumps(body).encode())
+            if not isinstance(reply, Mapping):
+                raise RpcTransportError(f"{self._where}: {method}: reply is not a JSON-RPC object")
+            result = self._result_of(reply, method)
+        except ChainError:
+            self._observed(method, ok=False)
+            raise
+        self._observed(method, ok=True)
+        return result
+
+    def _observed(self, method: str, *, ok: bool) -> None:
+        if self._observer is not None:
+            self._observer.rpc_request(method, ok)
 
     async def batch(self, calls: Sequence[RpcCall]) -> list[Json]:
         """Several JSON-RPC calls in one HTTP round trip; results in the order of ``calls``.
@@ -273,6 +291,17 @@ class ChainClient:
 
     async def batch_outcomes(self, calls: Sequence[RpcCall]) -> list[Json | ChainError]:
         """Like :meth:`batch`, but each call's error is returned in its place, not raised."""
+        try:
+            outcomes = await self._batch_outcomes(calls)
+        except ChainError:
+            for method, _ in calls:
+                self._observed(method, ok=False)
+            raise
+        for (method, _), outcome in zip(calls, outcomes, strict=True):
+            self._observed(method, ok=not isinstance(outcome, ChainError))
+        return outcomes
+
+    async def _batch_outcomes(self, calls: Sequence[RpcCall]) -> list[Json | ChainError]:
         if not calls:
             return []
         first_id = next(self._ids)

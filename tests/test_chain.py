@@ -320,3 +320,58 @@ async def test_chain_time_helpers(chain: ChainClient) -> None:
         after = await chain.latest_block()
         assert after.number == before.number + 1
         assert after.timestamp >= before.timestamp + 3600
+
+
+@attrs.define
+class Observed:
+    calls: list[tuple[str, bool]] = attrs.Factory(list)
+
+    def rpc_request(self, method: str, ok: bool) -> None:
+        self.calls.append((method, ok))
+
+
+async def test_every_json_rpc_call_is_observed_with_its_outcome(
+    scripted: Callable[[list[Reply]], ScriptedServer],
+) -> None:
+    """What ``driftd_rpc_requests_total`` counts: one per call (not per HTTP request: a batch is
+    one per call in it, a retried call is one), ok or error."""
+    error = {"code": -32601, "message": "no such method"}
+    server = scripted(
+        [
+            ok("0x7a69"),
+            (200, {}, {"jsonrpc": "2.0", "id": 1, "error": error}),
+            (503, {}, {}),
+            ok("0x7a69"),
+            (
+                200,
+                {},
+                [
+                    {"jsonrpc": "2.0", "id": 4, "result": "0x1"},
+                    {"jsonrpc": "2.0", "id": 5, "error": error},
+                ],
+            ),
+            (503, {}, {}),
+        ]
+    )
+    observed = Observed()
+    config = ChainConfig(rpc_url=server.url, chain_id=31337, request_timeout=5)
+    retry = RetryPolicy(max_retries=1, initial_backoff=0.01)
+    with trio.fail_after(10):
+        async with ChainClient(config, retry=retry, check_chain_id=False, observer=observed) as c:
+            assert await c.get_chain_id() == 31337
+            with pytest.raises(RpcError):
+                await c.request("foo")
+            assert await c.get_chain_id() == 31337  # after one 503, retried
+            outcomes = await c.batch_outcomes([("eth_blockNumber", []), ("bar", [])])
+            assert isinstance(outcomes[1], RpcError)
+            with pytest.raises(RpcTransportError):
+                await c.batch([("eth_blockNumber", []), ("eth_chainId", [])])
+    assert observed.calls == [
+        ("eth_chainId", True),
+        ("foo", False),
+        ("eth_chainId", True),
+        ("eth_blockNumber", True),
+        ("bar", False),
+        ("eth_blockNumber", False),
+        ("eth_chainId", False),
+    ]
