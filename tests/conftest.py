@@ -13,7 +13,18 @@ pytest_plugins = ["fixtures_db", "fixtures_chain", "reliability"]
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """Tests that configure logging (the CLI does) must not leak it into later tests."""
+    """Tests that configure logging (the CLI does) must not leak it into later tests.
+
+    structlog's default renderer prints a crash with rich, frame locals included (about 2 s a
+    traceback in the supervision tests); the daemon's own console format prints plain text, and
+    so do the tests."""
+    defaults = structlog.get_config()["processors"][:-1]
+    structlog.configure(
+        processors=[
+            *defaults,
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    )
     yield
     structlog.reset_defaults()
 
