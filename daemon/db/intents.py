@@ -174,7 +174,7 @@ class TxIntents(Store):
         async def work(conn: asyncpg.Connection) -> list[TxIntent]:
             rows = await conn.fetch(
                 "SELECT * FROM tx_intent WHERE rebalance_id = $1"
-                " OR $1 = ANY (packed_rebalance_ids) ORDER BY id",
+                " OR packed_rebalance_ids @> ARRAY[$1::bigint] ORDER BY id",
                 rebalance_id,
             )
             return [_intent(r) for r in rows]

@@ -30,11 +30,19 @@ async def _refuse_if_traded_since(
 ) -> None:
     """:class:`RebalanceRefused` if a swap of the portfolio was mined after ``balances_block``
     (a plan made from those balances would trade on balances that no longer exist)."""
+    # Two indexable lookups (a join on "id = rebalance_id OR id = ANY(packed ids)" cannot use
+    # an index: 2.9 s against 2 ms at 200 000 attempts): the portfolio's own transactions, and
+    # the packs that carried any of its attempts (GIN overlap with all of their ids at once).
     mined = await conn.fetchval(
-        "SELECT max(i.block_number) FROM tx_intent i"
-        " JOIN rebalance_log r ON r.id = i.rebalance_id OR r.id = ANY (i.packed_rebalance_ids)"
-        " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED'"
-        " AND i.purpose = 'swap'",
+        "SELECT max(block_number) FROM ("
+        " SELECT i.block_number FROM tx_intent i JOIN rebalance_log r ON r.id = i.rebalance_id"
+        " WHERE r.portfolio_id = $1 AND i.status = 'CONFIRMED' AND i.purpose = 'swap'"
+        " UNION ALL"
+        " SELECT i.block_number FROM tx_intent i"
+        " WHERE i.packed_rebalance_ids"
+        " && ARRAY(SELECT id FROM rebalance_log WHERE portfolio_id = $1)"
+        " AND i.status = 'CONFIRMED' AND i.purpose = 'swap'"
+        ") AS mined",
         portfolio_id,
     )
     if mined is not None and mined > balances_block:
