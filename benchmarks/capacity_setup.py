@@ -43,8 +43,8 @@ from daemon.delegation import (
 from daemon.devtools.demo_setup import COINGECKO_IDS, demo_document
 from daemon.devtools.devnet_artifacts import framework_code, load_artifacts
 from daemon.devtools.devnet_deploy import create2_address
-from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, devnet_key
-from daemon.guard import GuardToken, guard_caveat
+from daemon.devtools.devnet_records import Devnet, devnet_key
+from daemon.guard import guard_caveat
 
 ACCOUNT_GAS: Final = 3_000_000
 """Gas limit of one smart-account deployment (uses ~300k; no estimate round trip)."""
@@ -288,19 +288,7 @@ async def _register(
     for index, (owner_key, (targets, _held), account, held) in enumerate(
         zip(owners, funding, accounts, holdings, strict=True)
     ):
-        listed = list(dict.fromkeys([*targets, devnet.quote_symbol]))
-        terms = guard_terms(
-            config.guard,
-            [
-                GuardToken(
-                    devnet.token(s).address,
-                    devnet.feeds[s],
-                    devnet.token(s).decimals,
-                    FEED_DECIMALS,
-                )
-                for s in listed
-            ],
-        )
+        terms = guard_terms(config.guard, devnet.guarded_tokens(targets))
         built = build_portfolio_delegations(
             account=account,
             delegate=devnet.signer,

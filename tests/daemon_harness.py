@@ -45,9 +45,9 @@ from daemon.delegation import (
 from daemon.devtools.demo_setup import write_toml as write_demo_toml
 from daemon.devtools.devnet_anvil import set_eth_balance
 from daemon.devtools.devnet_deploy import fund
-from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, SmartAccount, devnet_key
+from daemon.devtools.devnet_records import Devnet, SmartAccount, devnet_key
 from daemon.drift import EngineParams, Holding, evaluate
-from daemon.guard import GuardToken, guard_caveat
+from daemon.guard import guard_caveat
 from daemon.txbuild import Call, SwapLeg, WalletMode
 from daemon.uniswap import UniswapV2
 
@@ -178,16 +178,7 @@ def guarded_delegations(
     guard = guard or GuardConfig(**GUARD_DOCUMENT)
     if not guard.enforcer:
         guard = devnet.guard_config(guard)
-    listed = list(dict.fromkeys([*symbols, devnet.quote_symbol]))
-    terms = guard_terms(
-        guard,
-        [
-            GuardToken(
-                devnet.token(s).address, devnet.feeds[s], devnet.token(s).decimals, FEED_DECIMALS
-            )
-            for s in listed
-        ],
-    )
+    terms = guard_terms(guard, devnet.guarded_tokens(symbols))
     built = build_portfolio_delegations(
         account=account.address,
         delegate=delegate or devnet.signer,

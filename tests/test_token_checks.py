@@ -46,8 +46,8 @@ from daemon.delegation import (
     dump_delegation_file,
     sign_delegation,
 )
-from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, DevnetToken, SmartAccount
-from daemon.guard import GuardToken, guard_caveat
+from daemon.devtools.devnet_records import Devnet, DevnetToken, SmartAccount
+from daemon.guard import guard_caveat
 
 DATA = exitcodes.DATA_ERROR
 ZERO = "0x" + "0" * 40
@@ -300,17 +300,8 @@ def _signed_file(path: Path, account: SmartAccount, devnet: Devnet, **parts: Any
     """Delegations from ``account`` as the owner signs them; ``approve`` and ``guard`` (symbol
     lists) let a case sign narrower or wider ones than the portfolio needs."""
     approve = parts.get("approve", ["USDC", "WETH"])
-    guarded = list(dict.fromkeys([*parts.get("guard", ["USDC", "WETH"]), devnet.quote_symbol]))
     guard = devnet.guard_config(GuardConfig(**GUARD_DOCUMENT))
-    terms = guard_terms(
-        guard,
-        [
-            GuardToken(
-                devnet.token(s).address, devnet.feeds[s], devnet.token(s).decimals, FEED_DECIMALS
-            )
-            for s in guarded
-        ],
-    )
+    terms = guard_terms(guard, devnet.guarded_tokens(parts.get("guard", ["USDC", "WETH"])))
     built = build_portfolio_delegations(
         account=account.address,
         delegate=devnet.signer,

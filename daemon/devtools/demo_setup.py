@@ -41,9 +41,9 @@ from daemon.devtools.demo_view import Reporter
 from daemon.devtools.devnet import open_devnet
 from daemon.devtools.devnet_artifacts import NpmPackagesMissing, anvil_executable, load_artifacts
 from daemon.devtools.devnet_deploy import create_smart_account, fund
-from daemon.devtools.devnet_records import FEED_DECIMALS, Devnet, devnet_key
+from daemon.devtools.devnet_records import Devnet, devnet_key
 from daemon.devtools.market import Trader
-from daemon.guard import GuardToken, guard_caveat
+from daemon.guard import guard_caveat
 from daemon.logs import configure_logging
 
 PRESETS: Final = (
@@ -378,19 +378,7 @@ async def _open_portfolio(
     owner_key = devnet_key(f"demo owner {index}")
     account = await create_smart_account(chain, devnet, owner_key, salt=index, root=site.root)
     await fund_to_targets(chain, devnet, account.address, targets, prices)
-    listed = list(dict.fromkeys([*targets, devnet.quote_symbol]))
-    terms = guard_terms(
-        config.guard,
-        [
-            GuardToken(
-                devnet.token(s).address,
-                devnet.feeds[s],
-                devnet.token(s).decimals,
-                FEED_DECIMALS,
-            )
-            for s in listed
-        ],
-    )
+    terms = guard_terms(config.guard, devnet.guarded_tokens(targets))
     built = build_portfolio_delegations(
         account=account.address,
         delegate=devnet.signer,

@@ -7,7 +7,7 @@ driftd at it. Plain values: tests and the demo read them without the deployment 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
@@ -15,6 +15,7 @@ import attrs
 from eth_utils.crypto import keccak
 
 from daemon.config import ChainConfig, DelegationConfig, GuardConfig, Secret
+from daemon.guard import GuardToken
 
 FEED_DECIMALS: Final = 8
 """Decimals of the devnet's mock feeds, as Chainlink's USD feeds."""
@@ -104,6 +105,16 @@ class Devnet:
     def guard_config(self, base: GuardConfig | None = None) -> GuardConfig:
         """``[guard]`` pointing at this devnet's DriftGuardEnforcer (other keys from ``base``)."""
         return attrs.evolve(base or GuardConfig(), enforcer=self.guard)
+
+    def guarded_tokens(self, symbols: Iterable[str]) -> list[GuardToken]:
+        """The oracle guard's token set for a portfolio of ``symbols`` at this devnet's feeds,
+        the quote token included (routes go through it), as `driftd delegation build` lists
+        them."""
+        listed = dict.fromkeys([*symbols, self.quote_symbol])
+        return [
+            GuardToken(self.token(s).address, self.feeds[s], self.token(s).decimals, FEED_DECIMALS)
+            for s in listed
+        ]
 
     def config_overrides(self) -> dict[str, dict[str, Any]]:
         """The TOML keys a config for this devnet needs (``[chain]``, ``[delegation]``, and
