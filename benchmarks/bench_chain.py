@@ -43,10 +43,10 @@ async def time_async(calls: int, one: Callable[[], Awaitable[None]]) -> list[flo
     return samples
 
 
-async def bench(devnet: Devnet, calls: int) -> dict[str, tuple[float, float]]:
+def balance_of_body(devnet: Devnet) -> tuple[str, bytes, bytes]:
+    """The token, calldata and pre-encoded JSON-RPC body of the eth_call both sides time."""
     token = devnet.token("USDC").address
-    account = devnet.accounts[0].address
-    data = encode_call("balanceOf(address)", account)
+    data = encode_call("balanceOf(address)", devnet.deployer)
     body = json.dumps(
         {
             "jsonrpc": "2.0",
@@ -55,16 +55,22 @@ async def bench(devnet: Devnet, calls: int) -> dict[str, tuple[float, float]]:
             "params": [{"to": token, "data": "0x" + data.hex()}, "latest"],
         }
     ).encode()
-    results: dict[str, tuple[float, float]] = {}
+    return token, data, body
 
+
+async def eth_call_samples(devnet: Devnet, calls: int) -> tuple[list[float], list[float]]:
+    """Seconds per eth_call, ``calls`` of each after 200 to warm up: driftd's
+    ``ChainClient.call``, and the same request pre-encoded and posted with httpx on Trio."""
+    token, data, body = balance_of_body(devnet)
     async with ChainClient(devnet.chain_config(), retry=RetryPolicy(max_retries=0)) as client:
         expected = await client.call(token, data)
 
         async def ours() -> None:
-            assert await client.call(token, data) == expected
+            if await client.call(token, data) != expected:
+                raise RuntimeError("eth_call answered differently")
 
-        await time_async(200, ours)  # warm up
-        results["driftd ChainClient.call"] = percentiles(await time_async(calls, ours))
+        await time_async(200, ours)
+        client_samples = await time_async(calls, ours)
 
     async with httpx.AsyncClient(headers={"content-type": "application/json"}) as raw_http:
 
@@ -73,7 +79,17 @@ async def bench(devnet: Devnet, calls: int) -> dict[str, tuple[float, float]]:
             response.read()
 
         await time_async(200, raw)
-        results["raw httpx (pre-encoded)"] = percentiles(await time_async(calls, raw))
+        raw_samples = await time_async(calls, raw)
+    return client_samples, raw_samples
+
+
+async def bench(devnet: Devnet, calls: int) -> dict[str, tuple[float, float]]:
+    _token, _data, body = balance_of_body(devnet)
+    client_samples, raw_samples = await eth_call_samples(devnet, calls)
+    results = {
+        "driftd ChainClient.call": percentiles(client_samples),
+        "raw httpx (pre-encoded)": percentiles(raw_samples),
+    }
 
     def stdlib() -> list[float]:
         port = int(devnet.rpc_url.rsplit(":", 1)[1])

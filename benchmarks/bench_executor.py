@@ -33,17 +33,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import httpx
 import trio
+from bench_chain import eth_call_samples
 from capacity_burst import burst, move_to_mined, packing_available
 from capacity_setup import Bench, bench_config, bench_document, until
 
-from daemon.abi import encode_call
 from daemon.app import leaf_exceptions
 from daemon.chain import ChainClient
 from daemon.config import Config
@@ -71,47 +70,11 @@ def mean_ms(samples: list[float]) -> float:
     return statistics.fmean(samples) * 1e3
 
 
-async def timed(calls: int, one: Callable[[], Awaitable[None]]) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        await one()
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
 # --- 1. eth_call ----------------------------------------------------------------------------
 
 
 async def eth_call(bench: Bench, calls: int) -> dict[str, Any]:
-    devnet = bench.devnet
-    token = devnet.token("USDC").address
-    data = encode_call("balanceOf(address)", devnet.deployer)
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "eth_call",
-            "params": [{"to": token, "data": "0x" + data.hex()}, "latest"],
-        }
-    ).encode()
-    async with ChainClient(devnet.chain_config()) as client:
-        expected = await client.call(token, data)
-
-        async def ours() -> None:
-            if await client.call(token, data) != expected:
-                raise RuntimeError("eth_call answered differently")
-
-        await timed(200, ours)
-        client_samples = await timed(calls, ours)
-    async with httpx.AsyncClient(headers={"content-type": "application/json"}) as http:
-
-        async def raw() -> None:
-            response = await http.post(devnet.rpc_url, content=body)
-            response.read()
-
-        await timed(200, raw)
-        raw_samples = await timed(calls, raw)
+    client_samples, raw_samples = await eth_call_samples(bench.devnet, calls)
     client_ms, raw_ms = mean_ms(client_samples), mean_ms(raw_samples)
     return {
         "calls": calls,
