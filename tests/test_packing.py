@@ -16,7 +16,8 @@ guarded delegations. What must hold:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -161,8 +162,9 @@ async def spot(desk: Desk, symbol: str) -> Decimal:
 
 async def request(
     desk: Desk, portfolio_id: int, name: str, account: str, sell: str, buy: str, usd: int
-) -> tuple[RebalanceRequest, trio.MemoryReceiveChannel[RebalanceOutcome]]:
-    """A one-leg plan at the pools' current prices, as an actor would send it."""
+) -> RebalanceRequest:
+    """A one-leg plan at the pools' current prices, as an actor would send it (its answer goes
+    to a reply channel nobody reads: the tests read the rows)."""
     prices = {s: await spot(desk, s) for s in ("USDC", "WETH", "WBTC")}
     tokens = desk.by_symbol()
     size = Decimal(usd)
@@ -174,22 +176,41 @@ async def request(
         expected_out=to_base_units(size / prices[buy], tokens[buy].decimals),
         capped=False,
     )
-    send, receive = trio.open_memory_channel[RebalanceOutcome](1)
+    reply, _ = trio.open_memory_channel[RebalanceOutcome](1)
     head = await desk.chain.latest_block()
     plan = Rebalance(max_drift=Decimal("0.2"), drifts=(), legs=(leg,), total_usd=size * 10)
-    return (
-        RebalanceRequest(
-            portfolio_id=portfolio_id,
-            portfolio_name=name,
-            account=account,
-            plan=plan,
-            prices=prices,
-            reply=send,
-            requested_at=trio.current_time(),
-            balances_block=head.number,
-        ),
-        receive,
+    return RebalanceRequest(
+        portfolio_id=portfolio_id,
+        portfolio_name=name,
+        account=account,
+        plan=plan,
+        prices=prices,
+        reply=reply,
+        requested_at=trio.current_time(),
+        balances_block=head.number,
     )
+
+
+async def each_buys_weth(
+    desk: Desk, portfolios: Sequence[tuple[int, str, str]]
+) -> list[RebalanceRequest]:
+    """Every portfolio's request to buy 1 000 USD of WETH with USDC."""
+    return [
+        await request(desk, pid, name, account, "USDC", "WETH", 1_000)
+        for pid, name, account in portfolios
+    ]
+
+
+@asynccontextmanager
+async def one_block_held(chain: ChainClient) -> AsyncIterator[None]:
+    """No block is mined inside; on leaving, what waits in the pool is mined in one block and
+    each transaction is mined as it comes again."""
+    await chain.request("evm_setAutomine", [False])
+    try:
+        yield
+        await chain.request("evm_mine", [])
+    finally:
+        await chain.request("evm_setAutomine", [True])
 
 
 async def carry_out(desk: Desk, batch: Sequence[RebalanceRequest], *, recovering: int = 0) -> None:
@@ -258,15 +279,12 @@ async def test_a_pack_trades_every_member_and_charges_each_its_share(
         alone: dict[str, int] = {}
         for _ in range(2):
             for pid, name, account in portfolios:
-                single, _ = await request(desk, pid, name, account, "USDC", "WETH", 1_000)
+                single = await request(desk, pid, name, account, "USDC", "WETH", 1_000)
                 await carry_out(desk, [single])
                 row = (await rows(db))[name]
                 assert row["status"] == "SUCCESS"
                 alone[name] = int(row["gas_used"])
-        batch = [
-            (await request(desk, pid, name, account, "USDC", "WETH", 1_000))[0]
-            for pid, name, account in portfolios
-        ]
+        batch = await each_buys_weth(desk, portfolios)
         nonce_before = await chain.get_transaction_count(desk.executor.signer.address)
         await carry_out(desk, batch)
         found = await rows(db)
@@ -293,7 +311,7 @@ async def test_a_pack_trades_every_member_and_charges_each_its_share(
         # balances read before the pack was mined is refused (not only the first member's).
         assert packed.block_number is not None
         for pid, name, account in portfolios:
-            stale, _ = await request(desk, pid, name, account, "USDC", "WETH", 1_000)
+            stale = await request(desk, pid, name, account, "USDC", "WETH", 1_000)
             stale = attrs.evolve(stale, balances_block=packed.block_number - 1)
             await carry_out(desk, [stale])
             row = (await rows(db))[name]
@@ -314,7 +332,7 @@ async def test_a_member_that_would_revert_alone_is_not_packed(
         for index, (pid, name, account) in enumerate(portfolios):
             # p1 sells more USDC than it holds: its own call reverts in the token transfer.
             usd = 500_000 if index == 1 else 1_000
-            batch.append((await request(desk, pid, name, account, "USDC", "WETH", usd))[0])
+            batch.append(await request(desk, pid, name, account, "USDC", "WETH", usd))
         await carry_out(desk, batch)
         found = await rows(db)
         assert found["p0"]["status"] == "SUCCESS"
@@ -338,23 +356,17 @@ async def test_a_pack_reverted_by_a_front_runner_costs_the_others_nothing(
         # p0 sells WBTC into the WBTC/USDC pool; p1 and p2 buy WETH in another pool.
         legs = [("WBTC", "USDC", 20_000), ("USDC", "WETH", 1_000), ("USDC", "WETH", 1_000)]
         batch = [
-            (await request(desk, pid, name, account, *leg))[0]
+            await request(desk, pid, name, account, *leg)
             for (pid, name, account), leg in zip(portfolios, legs, strict=True)
         ]
         await arm_front_runner(chain, devnet)
-        await chain.request("evm_setAutomine", [False])
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(carry_out, desk, batch)
-                while not await db.fetch("SELECT id FROM tx_intent WHERE status = 'BROADCAST'"):
-                    await trio.sleep(0.05)
-                # A front-runner dumps WBTC into p0's pool, outbidding the pack: p0's swap now
-                # pays less than its amountOutMin, and redeemDelegations reverts as a whole.
-                await front_run(chain, devnet)
-                await chain.request("evm_mine", [])
-                await chain.request("evm_setAutomine", [True])
-        finally:
-            await chain.request("evm_setAutomine", [True])
+        async with trio.open_nursery() as nursery, one_block_held(chain):
+            nursery.start_soon(carry_out, desk, batch)
+            while not await db.fetch("SELECT id FROM tx_intent WHERE status = 'BROADCAST'"):
+                await trio.sleep(0.05)
+            # A front-runner dumps WBTC into p0's pool, outbidding the pack: p0's swap now
+            # pays less than its amountOutMin, and redeemDelegations reverts as a whole.
+            await front_run(chain, devnet)
         found = await rows(db)
         assert found["p1"]["status"] == "SUCCESS"
         assert found["p2"]["status"] == "SUCCESS"
@@ -432,10 +444,7 @@ async def test_a_pack_recorded_before_a_crash_is_settled_once_for_all_its_attemp
             chain, devnet, db, db_config, PACK_MAX_GAS, faults=Faults({"after_intent": "raise"})
         )
         portfolios = await three_portfolios(desk, accounts)
-        batch = [
-            (await request(desk, pid, name, account, "USDC", "WETH", 1_000))[0]
-            for pid, name, account in portfolios
-        ]
+        batch = await each_buys_weth(desk, portfolios)
         with pytest.RaisesGroup(InjectedFault, flatten_subgroups=True):
             await carry_out(desk, batch)
         assert {row["status"] for row in (await rows(db)).values()} == {"PENDING"}
@@ -468,22 +477,11 @@ async def test_without_packing_the_workers_pipeline_consecutive_nonces_into_one_
     with trio.fail_after(60):
         desk = await make_desk(chain, devnet, db, db_config, 0, workers=3)
         portfolios = await three_portfolios(desk, accounts)
-        batch = [
-            (await request(desk, pid, name, account, "USDC", "WETH", 1_000))[0]
-            for pid, name, account in portfolios
-        ]
-        await chain.request("evm_setAutomine", [False])
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(carry_out, desk, batch)
-                while (
-                    len(await db.fetch("SELECT id FROM tx_intent WHERE status = 'BROADCAST'")) < 3
-                ):
-                    await trio.sleep(0.05)
-                await chain.request("evm_mine", [])
-                await chain.request("evm_setAutomine", [True])
-        finally:
-            await chain.request("evm_setAutomine", [True])
+        batch = await each_buys_weth(desk, portfolios)
+        async with trio.open_nursery() as nursery, one_block_held(chain):
+            nursery.start_soon(carry_out, desk, batch)
+            while len(await db.fetch("SELECT id FROM tx_intent WHERE status = 'BROADCAST'")) < 3:
+                await trio.sleep(0.05)
         found = await rows(db)
         assert {row["status"] for row in found.values()} == {"SUCCESS"}
         recorded = await intents(db)
