@@ -161,6 +161,15 @@ class _Ready:
     purposes: list[dbm.IntentPurpose] = attrs.field(init=False)
 
 
+@attrs.frozen(eq=False)
+class _Candidate:
+    """A ready attempt that can join a pack: its place in the batch and its executions."""
+
+    index: int
+    step: _Ready
+    part: PackMember
+
+
 @attrs.define(eq=False)
 class Executor:
     """Owns the signer. Run with ``await nursery.start(executor.run, receive)``."""
@@ -447,6 +456,10 @@ class Executor:
         step = await self._prepare(request, started, log)
         if not isinstance(step, _Ready):
             return step
+        return await self._send_and_finish(step)
+
+    async def _send_and_finish(self, step: _Ready) -> tuple[int, dbm.FinishedAttempt]:
+        """Send the attempt's own calls, then finish it from what was mined."""
         sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
         return await self._finish_sent(step, sent)
 
@@ -741,7 +754,7 @@ class Executor:
         """Group attempts as they become ready; a group goes out when the next one would pass
         ``pack_max_gas``, when it has waited :data:`PACK_WAIT`, or when the batch is planned.
         Attempts that cannot be packed (not one ``redeemDelegations`` call) go alone."""
-        group: list[tuple[int, _Ready]] = []
+        group: list[_Candidate] = []
         predicted = 0
         opened_at = 0.0
         async with ready:
@@ -755,13 +768,14 @@ class Executor:
                     if not _packable(step):
                         nursery.start_soon(self._alone, index, step, done)
                         continue
-                    gas = predicted_gas(len(_redemptions(step)))
+                    part = PackMember(step.rebalance_id, tuple(_redemptions(step)))
+                    gas = predicted_gas(len(part.redemptions))
                     if group and predicted + gas > _pack_budget(step.settings):
                         nursery.start_soon(self._send_group, group, done)
                         group, predicted = [], 0
                     if not group:
                         opened_at = trio.current_time()
-                    group.append((index, step))
+                    group.append(_Candidate(index, step, part))
                     predicted += gas
                     continue
                 nursery.start_soon(self._send_group, group, done)
@@ -772,98 +786,90 @@ class Executor:
     async def _alone(
         self, index: int, step: _Ready, done: dict[int, tuple[int | None, dbm.FinishedAttempt]]
     ) -> None:
-        sent = await self._send(step.calls, step.purposes, step.rebalance_id, step.prepared)
-        done[index] = await self._finish_sent(step, sent)
+        done[index] = await self._send_and_finish(step)
 
     async def _send_group(
         self,
-        steps: Sequence[tuple[int, _Ready]],
+        group: Sequence[_Candidate],
         done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
         *,
         screened: bool = False,
     ) -> None:
-        """One pack of ``steps`` if its estimate allows: over the budget it is split in two; if
+        """One pack of ``group`` if its estimate allows: over the budget it is split in two; if
         it would revert, the members whose own call would revert go alone (and are refused
         there) and the others are tried once more as a pack (``screened``), else alone."""
-        if len(steps) == 1:
-            await self._alone(*steps[0], done)
+        if len(group) == 1:
+            await self._alone(group[0].index, group[0].step, done)
             return
-        members = [PackMember(step.rebalance_id, tuple(_redemptions(step))) for _, step in steps]
-        call = packed_call(steps[0][1].calls[0].to, members)
+        settings = group[0].step.settings
+        call = packed_call(group[0].step.calls[0].to, [c.part for c in group])
         try:
             estimate: int | None = await self.chain.estimate_gas(
                 call.to, call.data, sender=self.signer.address, value=0
             )
         except ChainError as exc:
-            self._log.info("pack_not_sent", reason=str(exc), attempts=len(steps))
+            self._log.info("pack_not_sent", reason=str(exc), attempts=len(group))
             estimate = None
         async with trio.open_nursery() as nursery:
-            if (
-                estimate is not None
-                and estimate * GAS_LIMIT_MARGIN > steps[0][1].settings.pack_max_gas
-            ):
-                half = len(steps) // 2
-                nursery.start_soon(self._send_group, steps[:half], done)
-                nursery.start_soon(self._send_group, steps[half:], done)
+            alone: Sequence[_Candidate] = ()
+            if estimate is not None and estimate * GAS_LIMIT_MARGIN > settings.pack_max_gas:
+                half = len(group) // 2
+                nursery.start_soon(self._send_group, group[:half], done)
+                nursery.start_soon(self._send_group, group[half:], done)
             elif estimate is not None:
-                if not await self._send_pack(members, steps, estimate, done):
-                    for index, step in steps:
-                        nursery.start_soon(self._alone, index, step, done)
+                if not await self._send_pack(call, group, estimate, done):
+                    alone = group
             elif screened:
-                for index, step in steps:
-                    nursery.start_soon(self._alone, index, step, done)
+                alone = group
             else:
-                fine = await self._would_not_revert(steps)
-                for index, step in steps:
-                    if (index, step) not in fine:
-                        nursery.start_soon(self._alone, index, step, done)
+                fine = await self._would_not_revert(group)
+                alone = [c for c in group if c not in fine]
                 if fine:
                     nursery.start_soon(partial(self._send_group, fine, done, screened=True))
+            for candidate in alone:
+                nursery.start_soon(self._alone, candidate.index, candidate.step, done)
 
-    async def _would_not_revert(
-        self, steps: Sequence[tuple[int, _Ready]]
-    ) -> list[tuple[int, _Ready]]:
+    async def _would_not_revert(self, group: Sequence[_Candidate]) -> list[_Candidate]:
         """The members whose own call's estimate succeeds (only asked when a pack would
         revert: each estimate costs the node a full simulation)."""
-        fine: dict[int, bool] = {}
+        fine: set[int] = set()
 
-        async def check(position: int, step: _Ready) -> None:
-            call = step.calls[0]
+        async def check(candidate: _Candidate) -> None:
+            call = candidate.step.calls[0]
             try:
                 await self.chain.estimate_gas(
                     call.to, call.data, sender=self.signer.address, value=call.value
                 )
             except ChainError:
                 return
-            fine[position] = True
+            fine.add(candidate.index)
 
         async with trio.open_nursery() as nursery:
-            for position, (_, step) in enumerate(steps):
-                nursery.start_soon(check, position, step)
-        return [item for position, item in enumerate(steps) if fine.get(position)]
+            for candidate in group:
+                nursery.start_soon(check, candidate)
+        return [candidate for candidate in group if candidate.index in fine]
 
     async def _send_pack(
         self,
-        group: Sequence[PackMember],
-        steps: Sequence[tuple[int, _Ready]],
+        call: Call,
+        group: Sequence[_Candidate],
         estimate: int,
         done: dict[int, tuple[int | None, dbm.FinishedAttempt]],
     ) -> bool:
-        """Send one packed transaction and finish its attempts. False if nothing was signed
-        (it could not be signed or recorded): the caller sends each attempt alone."""
-        call = packed_call(steps[0][1].calls[0].to, group)
-        ids = tuple(member.rebalance_id for member in group)
+        """Send ``call``, the pack of ``group``, and finish its attempts. False if nothing was
+        signed (it could not be signed or recorded): the caller sends each attempt alone."""
+        ids = tuple(candidate.step.rebalance_id for candidate in group)
         log = self._log.bind(pack=list(ids))
         plan = TxPlan(
             to=call.to,
             data=call.data,
             gas=int(Decimal(estimate) * GAS_LIMIT_MARGIN) + 1,
             purpose="swap",
-            deadline=min(step.prepared.deadline for _, step in steps),
+            deadline=min(candidate.step.prepared.deadline for candidate in group),
             rebalance_id=ids[0],
             call_index=0,
             packed_rebalance_ids=ids,
-            packed_weights=weights(group),
+            packed_weights=weights([candidate.part for candidate in group]),
         )
         try:
             slot = await self.transactions.submit(plan)
@@ -888,8 +894,8 @@ class Executor:
             done[index] = await self._finish_sent(step, sent)
 
         async with trio.open_nursery() as nursery:
-            for index, step in steps:
-                nursery.start_soon(finish, index, step)
+            for candidate in group:
+                nursery.start_soon(finish, candidate.index, candidate.step)
         return True
 
     async def _resend_alone(self, step: _Ready, reverted: Settled) -> _Sent:
